@@ -1,0 +1,133 @@
+"""Opening a database through SQLAlchemy Core, and upgrading its schema at start-up.
+
+Both services keep state in SQLite (the default, a file under ./var/) or PostgreSQL. The schema
+is a numbered list of steps per component; each start applies the steps not yet recorded in
+`schema_migrations`, so a later version extends the list instead of rewriting a CREATE.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from shared.errors import ConfigError
+
+Migration = Callable[[Connection], None]
+
+_migrations_table = sa.Table(
+    "schema_migrations",
+    sa.MetaData(),
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+def normalise_url(url: str) -> str:
+    """Accept the plain `postgresql://` form users write and pick the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith(("sqlite:", "postgresql+psycopg:")):
+        return url
+    raise ConfigError("database URL must start with sqlite:/// or postgresql://")
+
+
+def create_database_engine(url: str, **engine_options: Any) -> Engine:
+    """An engine with the settings this project relies on for either database."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **engine_options)
+    return sa.create_engine(url, pool_pre_ping=True, **engine_options)
+
+
+def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
+    database = sa.engine.make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, **engine_options)
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # Take transaction control from the sqlite3 module, which would run DDL outside any
+        # transaction and begin lazily; see the "begin" hook below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers work beside one writer; busy_timeout makes concurrent writers (two
+        # registrations, a relay) wait for the lock instead of failing at once.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediately(connection: Connection) -> None:
+        # Taking the write lock at BEGIN means a transaction that reads and then writes never
+        # fails half-way with SQLITE_BUSY; it waits (busy_timeout) for its turn instead.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def apply_migrations(engine: Engine, component: str, steps: Sequence[Migration]) -> int:
+    """Apply the steps of `component` not yet applied, each in its own transaction.
+
+    Returns the schema version now in place. Safe to run from several processes at once: a
+    step that loses the race is rolled back, and the version is read again.
+    """
+    attempts = 5
+    for attempt in range(1, attempts + 1):
+        try:
+            _migrations_table.create(engine, checkfirst=True)
+            return _apply_pending(engine, component, steps)
+        except (sa.exc.IntegrityError, sa.exc.OperationalError, sa.exc.ProgrammingError):
+            # Another process created the same table or step first; read the version again.
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_pending(engine: Engine, component: str, steps: Sequence[Migration]) -> int:
+    for number, step in enumerate(steps, start=1):
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                # Serialise migrating processes; SQLite's BEGIN IMMEDIATE already does.
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:component))"),
+                    {"component": component},
+                )
+            version = _version_in(connection, component)
+            if version >= number:
+                continue
+            step(connection)
+            if version == 0:
+                connection.execute(
+                    _migrations_table.insert().values(component=component, version=number)
+                )
+            else:
+                connection.execute(
+                    _migrations_table.update()
+                    .where(_migrations_table.c.component == component)
+                    .values(version=number)
+                )
+    return _current_version(engine, component)
+
+
+def _current_version(engine: Engine, component: str) -> int:
+    with engine.connect() as connection:
+        return _version_in(connection, component)
+
+
+def _version_in(connection: Connection, component: str) -> int:
+    version = connection.execute(
+        sa.select(_migrations_table.c.version).where(_migrations_table.c.component == component)
+    ).scalar_one_or_none()
+    return int(version or 0)

@@ -1,0 +1,119 @@
+"""Structured logging through structlog, for the services' own lines and the libraries' alike.
+
+JSON lines when stderr is not a terminal (containers, CI), readable colour on a terminal.
+Standard-library loggers (pika, SQLAlchemy, tenacity) go through the same processors, so every
+line has one shape. Secrets registered at set-up are replaced wherever they would appear.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from shared.settings import LoggingSettings
+
+REDACTED = "***"
+
+
+class SecretRedactor:
+    """A structlog processor that replaces every registered secret in every string value."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Very short "secrets" (say, a one-letter password) would redact ordinary words.
+        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        if not self._secrets:
+            return event_dict
+        for key, value in event_dict.items():
+            event_dict[key] = self._redact(value)
+        return event_dict
+
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {key: self._redact(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redact(item) for item in value]
+        return value
+
+
+def configure_logging(
+    settings: LoggingSettings, *, service: str, secrets: Iterable[str] = ()
+) -> None:
+    """Configure structlog and the standard library; call once from a composition root."""
+    shared_processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_service(service),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        # Last before rendering, so exception text and library messages are redacted too.
+        SecretRedactor(secrets),
+    ]
+    if _use_json(settings):
+        renderer: Processor = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared_processors,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared_processors,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+    # pika is chatty at INFO about every connection step; its warnings and errors still show.
+    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+
+
+def _use_json(settings: LoggingSettings) -> bool:
+    if settings.format == "auto":
+        return not sys.stderr.isatty()
+    return settings.format == "json"
+
+
+def _add_service(service: str) -> Processor:
+    def add(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return add
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
+
+
+@contextmanager
+def event_context(event_id: str, correlation_id: str | None = None) -> Iterator[None]:
+    """Bind `event_id` and `correlation_id` to every log line written inside the block."""
+    context: MutableMapping[str, Any] = {"event_id": event_id}
+    if correlation_id is not None:
+        context["correlation_id"] = correlation_id
+    with structlog.contextvars.bound_contextvars(**context):
+        yield

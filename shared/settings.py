@@ -1,0 +1,122 @@
+"""Reading settings from the environment, with one clear error per bad value.
+
+Each service builds its own frozen settings object from an `Environment` once, in its
+composition root; nothing reads `os.environ` elsewhere. `Environment.names_read` lets a test
+check that docker-compose.yml sets only variables the code reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from shared.errors import ConfigError
+
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
+LogFormat = Literal["auto", "json", "console"]
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+class Environment:
+    """A read-only view of environment variables that remembers which names were asked for."""
+
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self._values = dict(os.environ if values is None else values)
+        self.names_read: set[str] = set()
+
+    def text(self, name: str, default: str) -> str:
+        self.names_read.add(name)
+        value = self._values.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        raw = self.text(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self.text(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "true" if default else "false").lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def integers(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        raw = self.text(name, ",".join(str(item) for item in default))
+        try:
+            values = tuple(int(part) for part in raw.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated whole numbers") from None
+        if any(value <= 0 for value in values):
+            raise ConfigError(f"{name} must hold positive numbers only")
+        return values
+
+    def secret(self, name: str) -> str:
+        """Like `text` with an empty default; kept apart so secrets are easy to find."""
+        return self.text(name, "")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    amqp_url: str
+    heartbeat_s: int
+    blocked_connection_timeout_s: float
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str
+    format: LogFormat
+
+
+def broker_settings(env: Environment) -> BrokerSettings:
+    url = env.text("AMQP_URL", DEFAULT_AMQP_URL)
+    if not url.startswith(("amqp://", "amqps://")):
+        raise ConfigError("AMQP_URL must start with amqp:// or amqps://")
+    return BrokerSettings(
+        amqp_url=url,
+        heartbeat_s=env.integer("AMQP_HEARTBEAT_S", 30, minimum=0),
+        blocked_connection_timeout_s=env.number("AMQP_BLOCKED_TIMEOUT_S", 60.0, minimum=1.0),
+        tls_ca_file=env.text("AMQP_TLS_CA_FILE", "") or None,
+        tls_cert_file=env.text("AMQP_TLS_CERT_FILE", "") or None,
+        tls_key_file=env.text("AMQP_TLS_KEY_FILE", "") or None,
+    )
+
+
+def logging_settings(env: Environment) -> LoggingSettings:
+    level = env.text("LOG_LEVEL", "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
+        )
+    log_format = env.text("LOG_FORMAT", "auto").lower()
+    if log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"LOG_FORMAT must be auto, json or console, got {log_format!r}")
+    return LoggingSettings(level=level, format=log_format)  # type: ignore[arg-type]
+
+
+def sqlite_default_url(file_name: str) -> str:
+    """An SQLite database under ./var/, the default for a local run."""
+    return f"sqlite:///var/{file_name}"

@@ -1,0 +1,67 @@
+"""Fixtures every test folder shares: the broker (a private vhost per test), SMTP, PostgreSQL.
+
+A test that needs a service that cannot be reached or started fails with the reason; it never
+skips, so a green run means the integration tests really ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.broker import BrokerAdmin, BrokerUnreachable, connect_test_broker, new_vhost_name
+from tests.support.postgres import (
+    PostgresUnreachable,
+    admin_postgres_url,
+    create_database,
+    drop_database,
+)
+from tests.support.smtp import SmtpTestServer
+
+
+@pytest.fixture(scope="session")
+def broker_admin() -> BrokerAdmin:
+    try:
+        return connect_test_broker()
+    except BrokerUnreachable as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def vhost(broker_admin: BrokerAdmin) -> Iterator[str]:
+    """A fresh, empty virtual host on the test broker, deleted after the test."""
+    name = new_vhost_name()
+    broker_admin.add_vhost(name)
+    yield name
+    broker_admin.delete_vhost(name)
+
+
+@pytest.fixture
+def amqp_url(broker_admin: BrokerAdmin, vhost: str) -> str:
+    """The AMQP URL of this test's own virtual host."""
+    return broker_admin.url_for(vhost)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    server = SmtpTestServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    try:
+        return admin_postgres_url()
+    except PostgresUnreachable as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
+    name, url = create_database(postgres_admin_url)
+    yield url
+    drop_database(postgres_admin_url, name)

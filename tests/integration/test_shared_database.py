@@ -1,0 +1,66 @@
+"""Schema upgrades at start-up: applied once, extended by later versions, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shared.database import apply_migrations, create_database_engine, normalise_url
+from shared.errors import ConfigError
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/nested/dir/db.sqlite3"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _create(table: str) -> Callable[[Connection], None]:
+    def step(connection: Connection) -> None:
+        connection.execute(sa.text(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))
+
+    return step
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_database_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_steps_apply_once_and_a_later_version_extends(database_url: str) -> None:
+    engine = create_database_engine(database_url)
+    assert apply_migrations(engine, "demo", [_create("first")]) == 1
+    assert apply_migrations(engine, "demo", [_create("first")]) == 1  # nothing re-run
+    assert apply_migrations(engine, "demo", [_create("first"), _create("second")]) == 2
+    assert apply_migrations(engine, "other", [_create("third")]) == 1
+    engine.dispose()
+    assert {"first", "second", "third", "schema_migrations"} <= _tables(database_url)
+
+
+def test_concurrent_starts_migrate_once(database_url: str) -> None:
+    def start() -> int:
+        engine = create_database_engine(database_url)
+        try:
+            return apply_migrations(engine, "demo", [_create("alpha"), _create("beta")])
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: start(), range(4))) == [2, 2, 2, 2]
+
+
+def test_urls_users_write_are_accepted() -> None:
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///var/x.sqlite3") == "sqlite:///var/x.sqlite3"
+    with pytest.raises(ConfigError, match="sqlite"):
+        normalise_url("mysql://h/db")

@@ -1,0 +1,162 @@
+"""The RabbitMQ the tests run against, and a private virtual host for every test.
+
+Topology names are fixed by the contract, so tests that ran in one virtual host would see each
+other's queues. Each test gets its own vhost instead, created with rabbitmqctl (locally, or in
+the compose container on a machine that has only Docker) and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+# What docker-compose.yml's broker grants the operator account used by tests on a machine
+# that has only Docker (the compose broker has no guest user).
+COMPOSE_TEST_AMQP_URL = "amqp://admin:admin@127.0.0.1:5672/%2F"
+
+
+class BrokerUnreachable(RuntimeError):
+    pass
+
+
+def broker_answers(url: str, timeout_s: float = 3.0) -> bool:
+    parameters = pika.URLParameters(url)
+    parameters.connection_attempts = 1
+    parameters.socket_timeout = timeout_s
+    try:
+        pika.BlockingConnection(parameters).close()
+    except (pika.exceptions.AMQPError, OSError):
+        return False
+    return True
+
+
+class BrokerAdmin:
+    """Administers the test broker: virtual hosts and connections."""
+
+    def __init__(self, base_url: str, rabbitmqctl: list[str]) -> None:
+        self.base_url = base_url
+        self._rabbitmqctl = rabbitmqctl
+        self.user = urlsplit(base_url).username or "guest"
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [*self._rabbitmqctl, *args], capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def url_for(self, vhost: str) -> str:
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+    def add_vhost(self, vhost: str) -> str:
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, self.user, ".*", ".*", ".*")
+        return self.url_for(vhost)
+
+    def delete_vhost(self, vhost: str) -> None:
+        self.ctl("delete_vhost", vhost, check=False)
+
+    def close_connections(self, vhost: str, reason: str = "closed by test") -> int:
+        """Close every connection to `vhost`, as a broker restart would; returns the count."""
+        listing = self.ctl("list_connections", "-q", "--no-table-headers", "pid", "vhost")
+        closed = 0
+        for line in listing.splitlines():
+            pid, _, connection_vhost = line.strip().partition("\t")
+            if connection_vhost == vhost:
+                self.ctl("close_connection", pid, reason, check=False)
+                closed += 1
+        return closed
+
+
+def ready_count(amqp_url: str, queue: str) -> int:
+    """Messages ready in `queue`, read through AMQP (rabbitmqctl's figures lag by seconds)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        connection.close()
+
+
+def connect_test_broker() -> BrokerAdmin:
+    """The broker named by TEST_AMQP_URL (else local guest), started with Docker if need be."""
+    url = os.environ.get("TEST_AMQP_URL", DEFAULT_TEST_AMQP_URL)
+    if broker_answers(url):
+        return BrokerAdmin(url, _local_rabbitmqctl(url))
+    if _docker_engine_answers():
+        _start_compose_broker()
+        return BrokerAdmin(COMPOSE_TEST_AMQP_URL, _compose_rabbitmqctl())
+    raise BrokerUnreachable(
+        f"no RabbitMQ answers at {urlsplit(url).hostname}:{urlsplit(url).port or 5672} and no "
+        "Docker engine is available to start the one in docker-compose.yml; start RabbitMQ "
+        "(`rabbitmq-server -detached`) or Docker, or set TEST_AMQP_URL"
+    )
+
+
+def _local_rabbitmqctl(url: str) -> list[str]:
+    if shutil.which("rabbitmqctl") and urlsplit(url).hostname in {"localhost", "127.0.0.1"}:
+        return ["rabbitmqctl"]
+    if _docker_engine_answers():
+        return _compose_rabbitmqctl()
+    raise BrokerUnreachable(
+        "the test broker answers but rabbitmqctl is not available to create test vhosts; "
+        "install rabbitmq-server's CLI or run the broker from docker-compose.yml"
+    )
+
+
+def _docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    result = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    return result.returncode == 0
+
+
+def _compose_rabbitmqctl() -> list[str]:
+    return [
+        "docker",
+        "compose",
+        "--project-directory",
+        str(REPO_ROOT),
+        "exec",
+        "-T",
+        "rabbitmq",
+        "rabbitmqctl",
+    ]
+
+
+def _start_compose_broker(timeout_s: float = 180.0) -> None:
+    subprocess.run(
+        [
+            "docker",
+            "compose",
+            "--project-directory",
+            str(REPO_ROOT),
+            "up",
+            "-d",
+            "--wait",
+            "rabbitmq",
+        ],
+        check=True,
+        timeout=timeout_s,
+    )
+    deadline = time.monotonic() + timeout_s
+    while not broker_answers(COMPOSE_TEST_AMQP_URL):
+        if time.monotonic() > deadline:
+            raise BrokerUnreachable("the compose RabbitMQ started but does not accept connections")
+        time.sleep(2)
+
+
+def new_vhost_name(prefix: str = "test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

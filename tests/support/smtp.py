@@ -1,0 +1,171 @@
+"""A real SMTP server for tests (aiosmtpd, in process) that can be told to misbehave.
+
+It records every accepted message and can answer 4xx a given number of times, refuse with 5xx,
+stall before answering, take a fixed time per message (a remote mail server), or go down and
+come back on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ReceivedEmail:
+    envelope_from: str
+    envelope_to: tuple[str, ...]
+    message: EmailMessage
+    raw: bytes
+    accepted_at: float  # time.time() when the server accepted it
+
+
+@dataclass
+class _Behaviour:
+    transient_failures_left: int = 0
+    transient_reply: str = "451 4.3.0 Try again later"
+    permanent_reply: str | None = None
+    stall_s: float = 0.0
+    latency_s: float = 0.0
+    received: list[ReceivedEmail] = field(default_factory=list)
+
+
+class _Handler:
+    def __init__(self, server: SmtpTestServer) -> None:
+        self._server = server
+
+    async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        behaviour = self._server.behaviour
+        with self._server.lock:
+            stall, latency = behaviour.stall_s, behaviour.latency_s
+            if behaviour.permanent_reply is not None:
+                return behaviour.permanent_reply
+            if behaviour.transient_failures_left > 0:
+                behaviour.transient_failures_left -= 1
+                return behaviour.transient_reply
+        if stall:
+            await asyncio.sleep(stall)
+        if latency:
+            await asyncio.sleep(latency)
+        raw = bytes(envelope.original_content or envelope.content)
+        parsed = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        received = ReceivedEmail(
+            envelope_from=str(envelope.mail_from),
+            envelope_to=tuple(envelope.rcpt_tos),
+            message=parsed,
+            raw=raw,
+            accepted_at=time.time(),
+        )
+        with self._server.lock:
+            behaviour.received.append(received)
+            self._server.arrived.notify_all()
+        return "250 2.0.0 OK"
+
+
+class SmtpTestServer:
+    """An aiosmtpd server on 127.0.0.1:`port`; start(), stop() and the failure switches."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        self.behaviour = _Behaviour()
+        self._tls_context = tls_context
+        self._require_starttls = require_starttls
+        self._controller: Controller | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._controller is not None:
+            return
+        controller = Controller(
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            tls_context=self._tls_context,
+            require_starttls=self._require_starttls,
+            # Accept non-ASCII addresses and headers, as real servers do.
+            enable_SMTPUTF8=True,
+            ready_timeout=10,
+        )
+        controller.start()
+        self._controller = controller
+
+    def stop(self) -> None:
+        """Go down: new connections are refused until start() is called again."""
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None
+
+    # --- misbehaviour ----------------------------------------------------------------------
+    def fail_transiently(self, times: int, reply: str = "451 4.3.0 Try again later") -> None:
+        with self.lock:
+            self.behaviour.transient_failures_left = times
+            self.behaviour.transient_reply = reply
+
+    def refuse_permanently(self, reply: str | None = "550 5.1.1 Mailbox unavailable") -> None:
+        """Answer every message with `reply`; None returns to accepting."""
+        with self.lock:
+            self.behaviour.permanent_reply = reply
+
+    def stall(self, seconds: float) -> None:
+        """Wait this long before answering each message (a hung mail server)."""
+        with self.lock:
+            self.behaviour.stall_s = seconds
+
+    def set_latency(self, seconds: float) -> None:
+        """Take this long to accept each message (a remote mail server)."""
+        with self.lock:
+            self.behaviour.latency_s = seconds
+
+    # --- observation -----------------------------------------------------------------------
+    @property
+    def messages(self) -> list[ReceivedEmail]:
+        with self.lock:
+            return list(self.behaviour.received)
+
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> list[ReceivedEmail]:
+        """Wait until at least `count` messages arrived; fail with what did arrive if not."""
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while len(self.behaviour.received) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} emails within {timeout_s} s, "
+                        f"got {len(self.behaviour.received)}"
+                    )
+                self.arrived.wait(remaining)
+            return list(self.behaviour.received)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point a worker at this server."""
+        return {"SMTP_HOST": self.host, "SMTP_PORT": str(self.port)}
