@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import pika.exceptions
 from pika.exchange_type import ExchangeType
 
+from shared.errors import TransientError
+
 if TYPE_CHECKING:
-    from pika.adapters.blocking_connection import BlockingChannel
+    from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 EXCHANGE: Final = "user.events"
 ROUTING_KEY: Final = "user.registered"
@@ -25,6 +28,8 @@ RETRY_EXCHANGE: Final = f"{QUEUE}.retry"
 # event that kills the worker every time cannot loop forever.
 DELIVERY_LIMIT: Final = 10
 DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
+_ACCESS_REFUSED: Final = 403
+_NOT_FOUND: Final = 404
 
 
 def retry_queue_name(delay_s: int) -> str:
@@ -62,19 +67,73 @@ def retry_queue_arguments(delay_s: int) -> dict[str, Any]:
     }
 
 
+class TopologyMissing(TransientError):
+    """The broker lacks part of the topology and this user may not declare it."""
+
+
 def declare_topology(
     channel: BlockingChannel, *, retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S
 ) -> None:
-    """Declare exchanges, queues and bindings; a no-op when they already exist alike."""
+    """Make sure exchanges, queues and bindings exist; a no-op when they already do.
+
+    The names are checked passively first: a least-privilege user (see
+    docker/rabbitmq/definitions.json) may not declare anything, and the definitions file has
+    created the topology already. Only what is missing is declared, which needs a user with
+    the configure permission (a local development broker's). Each step runs on a channel of
+    its own, because a refusal closes the channel it happens on and the caller's must stay open.
+    """
+    connection = channel.connection
+    if _all_exist(connection, retry_delays_s):
+        return
+    work = connection.channel()
+    try:
+        _declare(work, retry_delays_s)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != _ACCESS_REFUSED:
+            raise
+        raise TopologyMissing(
+            "the topology is incomplete and this user may not declare it; "
+            "load docker/rabbitmq/definitions.json into the broker"
+        ) from None
+    work.close()
+
+
+def bindings(retry_delays_s: Sequence[int]) -> list[tuple[str, str, str]]:
+    """Every (exchange, queue, routing key) binding of the topology."""
+    return [
+        (EXCHANGE, QUEUE, ROUTING_KEY),
+        (DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE),
+        # `dlq replay` publishes here with the queue's own name as routing key: straight back
+        # to the queue, without the worker needing write access to the default exchange.
+        (RETRY_EXCHANGE, QUEUE, QUEUE),
+        *((RETRY_EXCHANGE, retry_queue_name(d), retry_queue_name(d)) for d in retry_delays_s),
+    ]
+
+
+def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
+    channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTER_QUEUE)
     channel.queue_declare(QUEUE, durable=True, arguments=main_queue_arguments())
-    channel.queue_bind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
-    if retry_delays_s:
-        channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     for delay_s in retry_delays_s:
-        name = retry_queue_name(delay_s)
-        channel.queue_declare(name, durable=True, arguments=retry_queue_arguments(delay_s))
-        channel.queue_bind(name, RETRY_EXCHANGE, routing_key=name)
+        channel.queue_declare(
+            retry_queue_name(delay_s), durable=True, arguments=retry_queue_arguments(delay_s)
+        )
+    for exchange, queue, routing_key in bindings(retry_delays_s):
+        channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+
+def _all_exist(connection: BlockingConnection, retry_delays_s: Sequence[int]) -> bool:
+    channel = connection.channel()
+    try:
+        for exchange in (EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE):
+            channel.exchange_declare(exchange, passive=True)
+        for queue in (QUEUE, DEAD_LETTER_QUEUE, *(retry_queue_name(d) for d in retry_delays_s)):
+            channel.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _NOT_FOUND:
+            return False
+        raise
+    channel.close()
+    return True

@@ -17,7 +17,11 @@ from tests.support.postgres import (
     create_database,
     drop_database,
 )
+from tests.support.rabbit_node import private_rabbit
 from tests.support.smtp import SmtpTestServer
+
+# A RabbitMQ node of the test's own, for tests that stop, kill or reconfigure the broker.
+__all__ = ["private_rabbit"]
 
 
 @pytest.fixture(scope="session")

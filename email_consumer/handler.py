@@ -1,0 +1,123 @@
+"""The pure core of the worker: one event in, at most one welcome email out.
+
+No broker, SMTP or database code here: the handler talks to an `EmailSender` and a
+`ProcessedEvents` store through their ports, and leaves acknowledging to the caller.
+
+Why a claim with a lease rather than a plain "processed" check: the same event can arrive twice
+at the same moment (published twice, or redelivered while the first delivery still runs). Both
+would pass a check-then-send. The claim is one atomic write; the loser sees HELD_ELSEWHERE and
+looks again later, when the winner has marked the event sent. The lease frees an event whose
+worker died mid-send, so it is never stuck.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import tenacity
+
+from email_consumer.errors import EventBusy
+from email_consumer.ports import Claim, EmailSender, ProcessedEvents
+from email_consumer.rendering import WelcomeRenderer
+from email_consumer.retry_policy import RetryPolicy
+from shared.errors import PermanentError, ServiceError
+from shared.events import UserRegistered
+from shared.logging import get_logger
+
+_log = get_logger(__name__)
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HandlingResult:
+    outcome: Outcome
+    attempts: int
+    error: ServiceError | None = None
+
+    @property
+    def permanent(self) -> bool:
+        return isinstance(self.error, PermanentError)
+
+
+class WelcomeEmailHandler:
+    """Sends the welcome email of an event once, retrying transient failures in process."""
+
+    def __init__(
+        self,
+        *,
+        renderer: WelcomeRenderer,
+        sender: EmailSender,
+        processed: ProcessedEvents,
+        policy: RetryPolicy,
+        claim_lease_s: float,
+        stopping: threading.Event | None = None,
+        new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self._renderer = renderer
+        self._sender = sender
+        self._processed = processed
+        self._policy = policy
+        self._claim_lease_s = claim_lease_s
+        self._stopping = stopping
+        self._new_token = new_token
+
+    def handle(self, event: UserRegistered) -> HandlingResult:
+        """Send the email unless already sent; failures are returned, never raised."""
+        attempts = 0
+        try:
+            message = self._renderer.render(event)
+            retrying = self._policy.in_process(before_sleep=_log_retry, stopping=self._stopping)
+            for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    outcome = self._send_once(event, message)
+        except ServiceError as error:
+            return HandlingResult(Outcome.FAILED, max(attempts, 1), error)
+        return HandlingResult(outcome, attempts)
+
+    def _send_once(self, event: UserRegistered, message: EmailMessage) -> Outcome:
+        token = self._new_token()
+        claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
+        if claim is Claim.ALREADY_SENT:
+            _log.info("email already sent for this event; not sending again")
+            return Outcome.DUPLICATE
+        if claim is Claim.HELD_ELSEWHERE:
+            raise EventBusy("another delivery of this event is being processed")
+        try:
+            self._sender.send(message)
+        except BaseException:
+            self._release_quietly(event.event_id, token)
+            raise
+        # A failure here after a successful send is the one window for a second email: the
+        # claim then expires after its lease and a redelivery sends again (at-least-once).
+        self._processed.mark_sent(event.event_id, token)
+        _log.info("welcome email sent")
+        return Outcome.SENT
+
+    def _release_quietly(self, event_id: str, token: str) -> None:
+        try:
+            self._processed.release(event_id, token)
+        except ServiceError as error:
+            # The claim then simply runs out after its lease; the send error matters more.
+            _log.warning("could not release claim", error_type=type(error).__name__)
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    _log.warning(
+        "transient failure, retrying in process",
+        attempt=state.attempt_number,
+        wait_s=round(state.upcoming_sleep, 3),
+        error_type=type(error).__name__,
+        error=str(error),
+    )

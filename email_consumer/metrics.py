@@ -1,0 +1,57 @@
+"""Prometheus metrics of the worker, served on METRICS_PORT (0 turns the endpoint off).
+
+The metrics live in their own registry, built by the composition root, so nothing is global and
+tests can build as many as they like.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import prometheus_client as prom
+
+OUTCOMES = ("sent", "duplicate", "retried", "delayed", "dead_lettered")
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class WorkerMetrics:
+    """Counters and histograms of what the worker did."""
+
+    def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
+        self.registry = registry or prom.CollectorRegistry()
+        self._events = prom.Counter(
+            "email_consumer_events",
+            "Events by outcome: sent, duplicate (already sent, not sent again), retried (one "
+            "more in-process attempt), delayed (parked in a retry queue), dead_lettered.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES:
+            self._events.labels(outcome)
+        self._processing = prom.Histogram(
+            "email_consumer_processing_seconds",
+            "Time from taking a delivery to settling it.",
+            registry=self.registry,
+        )
+        self._latency = prom.Histogram(
+            "email_consumer_end_to_end_latency_seconds",
+            "Time from the event's occurred_at to its email being accepted by the mail server.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def count(self, outcome: str, amount: int = 1) -> None:
+        if amount > 0:
+            self._events.labels(outcome).inc(amount)
+
+    def observe_processing(self, seconds: float) -> None:
+        self._processing.observe(seconds)
+
+    def observe_delivered(self, occurred_at: datetime) -> None:
+        latency = (datetime.now(UTC) - occurred_at).total_seconds()
+        self._latency.observe(max(latency, 0.0))
+
+    def serve(self, port: int) -> None:
+        """Start the HTTP endpoint in a daemon thread, when `port` is not 0."""
+        if port:
+            prom.start_http_server(port, registry=self.registry)

@@ -1,0 +1,147 @@
+"""The SQLAlchemy adapter of the `ProcessedEvents` port: table `processed_events`.
+
+SQLite by default; on PostgreSQL several workers share it. Each operation is one short
+transaction whose outcome the database decides atomically (an INSERT that may hit the primary
+key, an UPDATE guarded by its WHERE clause), so two workers can never both hold a live claim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from email_consumer.errors import StoreUnavailable
+from email_consumer.ports import Claim
+from shared.database import apply_migrations, create_database_engine
+
+COMPONENT = "email_consumer"
+_SENT = "sent"
+_CLAIMED = "claimed"
+
+_metadata = sa.MetaData()
+processed_events = sa.Table(
+    "processed_events",
+    _metadata,
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("claim_token", sa.String(64), nullable=True),
+    # Seconds since the epoch: comparable on every backend without time-zone surprises.
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("sent_at", sa.Float, nullable=True),
+)
+
+
+def _create_processed_events(connection: Connection) -> None:
+    processed_events.create(connection)
+
+
+MIGRATIONS = (_create_processed_events,)
+
+
+class SqlProcessedEvents:
+    """Claims and records processed events in a SQL database."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    @classmethod
+    def open(cls, url: str) -> SqlProcessedEvents:
+        """Connect and bring the schema up to date; `StoreUnavailable` if the database is not."""
+        engine = create_database_engine(url)
+        try:
+            apply_migrations(engine, COMPONENT, MIGRATIONS)
+        except sa.exc.SQLAlchemyError as error:
+            engine.dispose()
+            # The type only: the message of a driver error may quote the URL and its password.
+            raise StoreUnavailable(
+                f"processed-events database unavailable: {type(error).__name__}"
+            ) from None
+        return cls(engine)
+
+    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        now = self._clock()
+        try:
+            return self._claim(event_id, token, now, now + lease_s)
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+
+    def _claim(
+        self, event_id: str, token: str, now: float, lease_until: float, *, rounds: int = 3
+    ) -> Claim:
+        table = processed_events
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    table.insert().values(
+                        event_id=event_id,
+                        status=_CLAIMED,
+                        claim_token=token,
+                        lease_until=lease_until,
+                    )
+                )
+            return Claim.CLAIMED
+        except sa.exc.IntegrityError:
+            pass  # the event is known: sent, or claimed by someone else
+        with self._engine.begin() as connection:
+            taken_over = connection.execute(
+                table.update()
+                .where(
+                    table.c.event_id == event_id,
+                    table.c.status == _CLAIMED,
+                    table.c.lease_until < now,
+                )
+                .values(claim_token=token, lease_until=lease_until)
+            ).rowcount
+            if taken_over == 1:
+                return Claim.CLAIMED
+            status = connection.execute(
+                sa.select(table.c.status).where(table.c.event_id == event_id)
+            ).scalar_one_or_none()
+        if status == _SENT:
+            return Claim.ALREADY_SENT
+        if status is None and rounds > 1:
+            # Released between our INSERT and SELECT: free again, so try once more.
+            return self._claim(event_id, token, now, lease_until, rounds=rounds - 1)
+        return Claim.HELD_ELSEWHERE
+
+    def mark_sent(self, event_id: str, token: str) -> None:
+        table = processed_events
+        try:
+            with self._engine.begin() as connection:
+                # Unconditional on the token: the email went out, whoever holds the claim now.
+                connection.execute(
+                    table.update()
+                    .where(table.c.event_id == event_id)
+                    .values(status=_SENT, claim_token=None, lease_until=None, sent_at=self._clock())
+                )
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+
+    def release(self, event_id: str, token: str) -> None:
+        table = processed_events
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    table.delete().where(
+                        table.c.event_id == event_id,
+                        table.c.status == _CLAIMED,
+                        table.c.claim_token == token,
+                    )
+                )
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+
+    def is_sent(self, event_id: str) -> bool:
+        """For operators and tests: whether the event's email is recorded as sent."""
+        with self._engine.connect() as connection:
+            status = connection.execute(
+                sa.select(processed_events.c.status).where(processed_events.c.event_id == event_id)
+            ).scalar_one_or_none()
+        return status == _SENT
+
+    def dispose(self) -> None:
+        self._engine.dispose()

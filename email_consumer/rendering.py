@@ -1,0 +1,67 @@
+"""The welcome email for a `user_registered` event, built without any I/O.
+
+Every user value reaches the message through the `email` package's API (headers through
+`Address` and the header registry, which refuse line breaks) and the HTML through Jinja2 with
+autoescaping on, so a name like `<script>` or `x\\r\\nBcc: y` can neither add a header nor
+markup. The templates are loaded once, when the renderer is built in the composition root.
+"""
+
+from __future__ import annotations
+
+from email.errors import MessageError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import jinja2
+
+from email_consumer.errors import UndeliverableMessage
+from shared.events import UserRegistered
+
+TEXT_TEMPLATE = "welcome.txt.j2"
+HTML_TEMPLATE = "welcome.html.j2"
+
+
+class WelcomeRenderer:
+    """Builds the welcome `EmailMessage` for an event; `render` is pure."""
+
+    def __init__(self, mail_from: Address) -> None:
+        self._mail_from = mail_from
+        loader = jinja2.PackageLoader("email_consumer", "templates")
+        # The plain-text part must not be HTML-escaped, the HTML part always is.
+        self._text = jinja2.Environment(
+            loader=loader,
+            autoescape=False,  # noqa: S701 - the plain-text part is never shown as HTML
+            undefined=jinja2.StrictUndefined,
+        ).get_template(TEXT_TEMPLATE)
+        self._html = jinja2.Environment(
+            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined
+        ).get_template(HTML_TEMPLATE)
+
+    def render(self, event: UserRegistered) -> EmailMessage:
+        """The message, or `UndeliverableMessage` when the address cannot be put in a header."""
+        user = event.data
+        greeting_name = user.full_name or user.username
+        context = {"greeting_name": greeting_name, "username": user.username, "email": user.email}
+        message = EmailMessage(policy=SMTP)
+        try:
+            message["To"] = Address(display_name=user.full_name or "", addr_spec=user.email)
+            message["From"] = self._mail_from
+            message["Subject"] = f"Welcome, {greeting_name}!"
+            message["Message-ID"] = message_id_for(event.event_id, self._mail_from)
+            message["X-Event-ID"] = event.event_id
+            message.set_content(self._text.render(context))
+            message.add_alternative(self._html.render(context), subtype="html")
+            # Serialising now finds what the SMTP envelope cannot carry (say, a non-ASCII local
+            # part), so it fails here as a permanent error, not inside the SMTP adapter.
+            message.as_bytes()
+        except (ValueError, TypeError, IndexError, UnicodeError, MessageError) as error:
+            raise UndeliverableMessage(
+                f"cannot build the welcome email: {type(error).__name__}"
+            ) from None
+        return message
+
+
+def message_id_for(event_id: str, mail_from: Address) -> str:
+    """`<event_id@sender-domain>`: the same event always yields the same Message-ID."""
+    return f"<{event_id}@{mail_from.domain}>"

@@ -1,0 +1,128 @@
+"""What the worker does after a failure, as data with documented defaults.
+
+Three stages, in order:
+
+1. In process (tenacity): a transient error is retried at once on the same delivery, with
+   exponential backoff plus jitter, at most `attempts` times and for at most `max_total_s`
+   seconds. This rides out a blip (a 4xx, a dropped SMTP connection) without touching the broker.
+   The budget is kept far below RabbitMQ's consumer timeout (30 minutes by default), which would
+   close the channel of a delivery held unacknowledged for too long.
+2. Through the broker: when the in-process budget is spent, the event is parked in the TTL queue
+   `email_consumer.user_registered.retry.<N>s` for the next delay of `broker_delays_s`, and the
+   broker puts it back on the main queue when the delay expires. Longer outages need no worker
+   thread and no unacknowledged delivery.
+3. The dead-letter queue: when every delay is used, or at once for a permanent error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tenacity
+
+from shared.errors import TransientError
+from shared.topology import DEFAULT_RETRY_DELAYS_S
+
+DEFAULT_ATTEMPTS = 4
+DEFAULT_INITIAL_BACKOFF_S = 0.5
+DEFAULT_MAX_BACKOFF_S = 5.0
+# With the defaults above the waits add up to about 4 s, plus up to 3 SMTP timeouts; 30 s caps
+# one delivery's in-process time far below the broker's 30-minute consumer timeout.
+DEFAULT_MAX_TOTAL_S = 30.0
+
+RetryLogger = Callable[[tenacity.RetryCallState], None]
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Park the event in the retry queue of `delay_s` seconds."""
+
+    delay_s: int
+    # False when the wait is not a retry of a failure (the event was busy elsewhere), so it
+    # does not use up one of the event's delayed retries.
+    counts_as_retry: bool = True
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Move the event to the dead-letter queue."""
+
+    reason: str
+
+
+Decision = RetryLater | DeadLetter
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = DEFAULT_ATTEMPTS
+    initial_backoff_s: float = DEFAULT_INITIAL_BACKOFF_S
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S
+    max_total_s: float = DEFAULT_MAX_TOTAL_S
+    broker_delays_s: tuple[int, ...] = DEFAULT_RETRY_DELAYS_S
+
+    def in_process(
+        self,
+        *,
+        before_sleep: RetryLogger | None = None,
+        stopping: threading.Event | None = None,
+    ) -> tenacity.Retrying:
+        """A tenacity controller retrying `TransientError` only, re-raising the last error.
+
+        When `stopping` is set (the worker shuts down), no further attempt starts and a running
+        backoff ends early, so shut-down is not held up by a retry schedule.
+        """
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(
+            self.attempts
+        ) | tenacity.stop_after_delay(self.max_total_s)
+        sleep: Callable[[float], None] = tenacity.nap.sleep
+        if stopping is not None:
+            stop = stop | _stop_when_set(stopping)
+            sleep = _interruptible_sleep(stopping)
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=stop,
+            # Exponential from `initial_backoff_s`, capped, plus up to one initial backoff of
+            # random jitter so workers hit by the same outage do not retry in lockstep.
+            wait=tenacity.wait_exponential(
+                multiplier=self.initial_backoff_s, max=self.max_backoff_s
+            )
+            + tenacity.wait_random(0, self.initial_backoff_s),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def after_failure(
+        self, *, permanent: bool, broker_retries_done: int, busy: bool = False
+    ) -> Decision:
+        """Where an event goes once its delivery failed (in-process retries already spent).
+
+        `busy`: another delivery of the same event held it all along. That one will send the
+        email or its claim will expire, so the event waits (the first delay) without using up a
+        retry; dead-lettering it would be wrong.
+        """
+        if permanent:
+            return DeadLetter("permanent error")
+        if busy and self.broker_delays_s:
+            return RetryLater(self.broker_delays_s[0], counts_as_retry=False)
+        if broker_retries_done < len(self.broker_delays_s):
+            return RetryLater(self.broker_delays_s[broker_retries_done])
+        return DeadLetter(f"still failing after {len(self.broker_delays_s)} delayed retries")
+
+
+def _stop_when_set(stopping: threading.Event) -> tenacity.stop.stop_base:
+    class _StopWhenSet(tenacity.stop.stop_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+            return stopping.is_set()
+
+    return _StopWhenSet()
+
+
+def _interruptible_sleep(stopping: threading.Event) -> Callable[[float], None]:
+    def sleep(seconds: float) -> None:
+        stopping.wait(seconds)
+
+    return sleep

@@ -1,0 +1,404 @@
+"""The pika glue: consume the queue, run the handler on a thread pool, settle on the I/O thread.
+
+Threads and who does what:
+
+* The connection thread (the caller of `run`) owns the `BlockingConnection`: it consumes,
+  sends heartbeats, and performs every ack and publish. pika is not thread-safe.
+* Pool threads parse the message and run the handler, which may block on SMTP for a long time;
+  heartbeats keep flowing meanwhile. They hand the outcome back with
+  `connection.add_callback_threadsafe`, on the channel the delivery came from.
+* A settlement for a channel or connection that is gone is dropped: its delivery tag means
+  nothing on a new channel, and the broker redelivers the message anyway (the processed-events
+  record then turns the redelivery into a duplicate acknowledged without sending).
+
+Moving a message to a retry queue or the DLQ publishes a copy on a confirm-mode channel first
+and acknowledges the original only once the broker confirmed the copy, so nothing is lost in
+between (a crash there leaves two copies; the idempotency record absorbs that).
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from email_consumer import failure_headers
+from email_consumer.errors import EventBusy
+from email_consumer.handler import Outcome, WelcomeEmailHandler
+from email_consumer.metrics import WorkerMetrics
+from email_consumer.retry_policy import DeadLetter, RetryLater, RetryPolicy
+from email_consumer.settings import WorkerSettings
+from shared import topology
+from shared.amqp import BrokerUnavailable, mask_url, open_connection
+from shared.events import InvalidEvent, UserRegistered, parse_user_registered
+from shared.logging import event_context, get_logger
+from shared.settings import BrokerSettings
+
+_log = get_logger(__name__)
+
+_FIRST_RECONNECT_DELAY_S = 0.5
+_POLL_S = 0.5
+# Connection-level failures after which the worker reconnects instead of stopping.
+_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable)
+
+
+@dataclass(frozen=True)
+class _Ack:
+    """Done (sent or duplicate, counted when decided): acknowledge."""
+
+    outcome: None = None
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """Publish a copy with new headers, then acknowledge the original."""
+
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    outcome: str  # "delayed" or "dead_lettered"
+
+
+@dataclass(frozen=True)
+class _HandBack:
+    """Shutting down mid-retry: return the delivery to the queue untouched."""
+
+    outcome: None = None
+
+
+_Action = _Ack | _Forward | _HandBack
+
+
+@dataclass
+class _Session:
+    """One connection with its channels; settlements for a closed session are dropped."""
+
+    connection: pika.BlockingConnection
+    consume_channel: Any
+    publish_channel: Any
+    active: bool = True
+    in_flight: int = 0
+    consumer_tag: str | None = field(default=None)
+
+
+class Worker:
+    """Consumes `user_registered` events until `stopping` is set; reconnects on its own."""
+
+    def __init__(
+        self,
+        *,
+        broker: BrokerSettings,
+        settings: WorkerSettings,
+        policy: RetryPolicy,
+        handler: WelcomeEmailHandler,
+        metrics: WorkerMetrics,
+        stopping: threading.Event,
+        host: str | None = None,
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._policy = policy
+        self._handler = handler
+        self._metrics = metrics
+        self._stopping = stopping
+        self._host = host or socket.gethostname()
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="email-worker")
+
+    def run(self) -> None:
+        """Serve until `stopping` is set, then drain in-flight work; returns normally."""
+        delay = _FIRST_RECONNECT_DELAY_S
+        try:
+            while not self._stopping.is_set():
+                try:
+                    connection = open_connection(self._broker)
+                except BrokerUnavailable as error:
+                    _log.warning("broker unavailable, retrying", error=str(error), delay_s=delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, self._settings.reconnect_max_delay_s)
+                    continue
+                try:
+                    session = self._start(connection)
+                    delay = _FIRST_RECONNECT_DELAY_S
+                    self._serve(session)
+                except _CONNECTION_ERRORS as error:
+                    _log.warning(
+                        "broker connection lost, reconnecting",
+                        error_type=type(error).__name__,
+                        error=str(error),
+                        url=mask_url(self._broker.amqp_url),
+                    )
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, self._settings.reconnect_max_delay_s)
+                finally:
+                    _close_quietly(connection)
+        finally:
+            # Work still running past the shutdown timeout was handed back by closing the
+            # connection; its threads end on their own (bounded by the SMTP timeout).
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        _log.info("worker stopped")
+
+    def _start(self, connection: pika.BlockingConnection) -> _Session:
+        consume_channel = connection.channel()
+        topology.declare_topology(consume_channel, retry_delays_s=self._policy.broker_delays_s)
+        consume_channel.basic_qos(prefetch_count=self._settings.prefetch)
+        publish_channel = connection.channel()
+        publish_channel.confirm_delivery()
+        session = _Session(connection, consume_channel, publish_channel)
+        session.consumer_tag = consume_channel.basic_consume(
+            topology.QUEUE, on_message_callback=functools.partial(self._on_message, session)
+        )
+        _log.info(
+            "consuming",
+            queue=topology.QUEUE,
+            prefetch=self._settings.prefetch,
+            concurrency=self._settings.concurrency,
+        )
+        return session
+
+    def _serve(self, session: _Session) -> None:
+        try:
+            while not self._stopping.is_set():
+                session.connection.process_data_events(time_limit=_POLL_S)
+            self._drain(session)
+        finally:
+            session.active = False
+
+    def _drain(self, session: _Session) -> None:
+        """Stop taking deliveries, let in-flight ones finish for a bounded time."""
+        _log.info("stopping: no new deliveries", in_flight=session.in_flight)
+        # pika returns (nacks) deliveries it has not yet handed to `_on_message`; those already
+        # handed over run to completion below.
+        session.consume_channel.basic_cancel(session.consumer_tag)
+        deadline = time.monotonic() + self._settings.shutdown_timeout_s
+        while session.in_flight > 0 and time.monotonic() < deadline:
+            session.connection.process_data_events(time_limit=0.1)
+        if session.in_flight:
+            # Closing the connection returns them to the queue; another worker takes them.
+            _log.warning("shutdown timeout: handing back in-flight events", count=session.in_flight)
+
+    # -- connection thread -------------------------------------------------------------------
+
+    def _on_message(
+        self,
+        session: _Session,
+        channel: Any,
+        method: Any,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        session.in_flight += 1
+        self._pool.submit(
+            self._process, session, method.delivery_tag, method.routing_key, properties, body
+        )
+
+    def _settle(
+        self,
+        session: _Session,
+        delivery_tag: int,
+        properties: pika.BasicProperties,
+        body: bytes,
+        action: _Action,
+        started: float,
+        event_id: str,
+    ) -> None:
+        session.in_flight -= 1
+        with event_context(event_id, properties.correlation_id):
+            channel = session.consume_channel
+            if not session.active or not channel.is_open:
+                _log.warning("channel gone: dropping settlement; the broker will redeliver")
+                return
+            if isinstance(action, _HandBack):
+                channel.basic_nack(delivery_tag, requeue=True)
+            elif isinstance(action, _Forward):
+                self._forward(session, delivery_tag, properties, body, action)
+            else:
+                channel.basic_ack(delivery_tag)
+            if action.outcome is not None:
+                self._metrics.count(action.outcome)
+            self._metrics.observe_processing(time.monotonic() - started)
+
+    def _forward(
+        self,
+        session: _Session,
+        delivery_tag: int,
+        properties: pika.BasicProperties,
+        body: bytes,
+        action: _Forward,
+    ) -> None:
+        copy = _copy_properties(properties, action.headers)
+        try:
+            session.publish_channel.basic_publish(
+                action.exchange, action.routing_key, body, properties=copy, mandatory=True
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
+            # The target refused the copy: keep the original, try again after a redelivery.
+            _log.error("could not move event, requeueing", error_type=type(error).__name__)
+            session.consume_channel.basic_nack(delivery_tag, requeue=True)
+            return
+        session.consume_channel.basic_ack(delivery_tag)
+        if action.outcome == "dead_lettered":
+            _log.error(
+                "event dead-lettered",
+                reason=action.headers.get(failure_headers.DEAD_LETTER_REASON),
+                error_type=action.headers.get(failure_headers.ERROR_TYPE),
+                error=action.headers.get(failure_headers.ERROR_MESSAGE),
+                attempts=action.headers.get(failure_headers.ATTEMPTS),
+            )
+        else:
+            _log.warning(
+                "event parked for a delayed retry",
+                queue=action.routing_key,
+                retry_count=action.headers.get(failure_headers.RETRY_COUNT),
+            )
+
+    # -- pool threads ------------------------------------------------------------------------
+
+    def _process(
+        self,
+        session: _Session,
+        delivery_tag: int,
+        routing_key: str,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        started = time.monotonic()
+        event_id = _safe_id(properties.message_id)
+        if not session.active:
+            # Queued while the connection went away: the broker redelivers it on the new one,
+            # so working on this copy would only race that redelivery.
+            return
+        try:
+            with event_context(event_id, properties.correlation_id):
+                action = self._decide(routing_key, properties, body)
+        except Exception as error:  # noqa: BLE001 - a bug must not leave the delivery unsettled
+            _log.exception("unexpected error while handling an event")
+            action = self._after_failure(routing_key, properties, error, 1, permanent=False)
+        settle = functools.partial(
+            self._settle, session, delivery_tag, properties, body, action, started, event_id
+        )
+        try:
+            session.connection.add_callback_threadsafe(settle)
+        except pika.exceptions.ConnectionWrongStateError:
+            _log.warning("connection gone: dropping settlement; the broker will redeliver")
+
+    def _decide(self, routing_key: str, properties: pika.BasicProperties, body: bytes) -> _Action:
+        try:
+            event = parse_user_registered(body)
+        except InvalidEvent as error:
+            _log.error("malformed event", error=str(error))
+            return self._dead_letter(routing_key, properties, error, 1, "malformed")
+        with event_context(event.event_id, properties.correlation_id):
+            return self._handle(event, routing_key, properties)
+
+    def _handle(
+        self, event: UserRegistered, routing_key: str, properties: pika.BasicProperties
+    ) -> _Action:
+        result = self._handler.handle(event)
+        self._metrics.count("retried", result.attempts - 1)
+        if result.outcome is Outcome.SENT:
+            self._metrics.count("sent")
+            self._metrics.observe_delivered(event.occurred_at)
+            return _Ack()
+        if result.outcome is Outcome.DUPLICATE:
+            self._metrics.count("duplicate")
+            return _Ack()
+        assert result.error is not None
+        if self._stopping.is_set() and not result.permanent:
+            _log.info("shutting down: handing the event back to the queue")
+            return _HandBack()
+        return self._after_failure(
+            routing_key, properties, result.error, result.attempts, permanent=result.permanent
+        )
+
+    def _after_failure(
+        self,
+        routing_key: str,
+        properties: pika.BasicProperties,
+        error: BaseException,
+        attempts: int,
+        *,
+        permanent: bool,
+    ) -> _Action:
+        headers = properties.headers or {}
+        decision = self._policy.after_failure(
+            permanent=permanent,
+            broker_retries_done=failure_headers.as_int(headers, failure_headers.RETRY_COUNT),
+            busy=isinstance(error, EventBusy),
+        )
+        if isinstance(decision, RetryLater):
+            queue = topology.retry_queue_name(decision.delay_s)
+            new_headers = failure_headers.after_failure(
+                headers,
+                error=error,
+                attempts=attempts,
+                now=datetime.now(UTC),
+                host=self._host,
+                routing_key=routing_key,
+                delayed_retry=decision.counts_as_retry,
+            )
+            _log.warning(
+                "delivery failed", error_type=type(error).__name__, error=str(error), next=queue
+            )
+            return _Forward(topology.RETRY_EXCHANGE, queue, new_headers, "delayed")
+        assert isinstance(decision, DeadLetter)
+        reason = "permanent" if permanent else "retries-exhausted"
+        return self._dead_letter(routing_key, properties, error, attempts, reason)
+
+    def _dead_letter(
+        self,
+        routing_key: str,
+        properties: pika.BasicProperties,
+        error: BaseException,
+        attempts: int,
+        reason: str,
+    ) -> _Forward:
+        headers = failure_headers.after_failure(
+            properties.headers,
+            error=error,
+            attempts=attempts,
+            now=datetime.now(UTC),
+            host=self._host,
+            routing_key=routing_key,
+            dead_letter_reason=reason,
+        )
+        return _Forward(
+            topology.DEAD_LETTER_EXCHANGE, topology.DEAD_LETTER_QUEUE, headers, "dead_lettered"
+        )
+
+
+def _copy_properties(properties: pika.BasicProperties, headers: dict[str, Any]) -> Any:
+    """The original's properties with new headers; persistent whatever it was before."""
+    return pika.BasicProperties(
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        headers=headers,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        correlation_id=properties.correlation_id,
+        message_id=properties.message_id,
+        timestamp=properties.timestamp,
+        type=properties.type,
+        app_id=properties.app_id,
+    )
+
+
+def _safe_id(value: object) -> str:
+    """The message id for log lines: printable and short, since the sender chose it."""
+    if not isinstance(value, str) or not value:
+        return "unknown"
+    return "".join(c if c.isprintable() else "?" for c in value[:64])
+
+
+def _close_quietly(connection: pika.BlockingConnection) -> None:
+    try:
+        if connection.is_open:
+            connection.close()
+    except _CONNECTION_ERRORS:
+        pass

@@ -1,0 +1,78 @@
+"""The composition root: the only place where settings are read and real adapters are built."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from producer_service.publisher import ConfirmingPublisher
+from producer_service.registration import RegisterUser
+from producer_service.relay import OutboxRelay
+from producer_service.schema import upgrade
+from producer_service.settings import ProducerSettings
+from producer_service.simulate import Simulation
+from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
+from shared.database import create_database_engine, normalise_url
+from shared.logging import configure_logging
+from shared.settings import Environment
+from shared.topology import ROUTING_KEY
+
+SERVICE = "producer_service"
+
+
+@dataclass(slots=True)
+class Producer:
+    """The wired service; `close()` releases the database connections."""
+
+    settings: ProducerSettings
+    engine: Engine
+    register: RegisterUser
+    outbox: SqlOutboxStore
+
+    def connect_publisher(self) -> ConfirmingPublisher:
+        """A confirming publisher, after declaring the topology; `BrokerUnavailable` if down."""
+        return ConfirmingPublisher.connect(
+            self.settings.broker, confirm_timeout_s=self.settings.relay.confirm_timeout_s
+        )
+
+    def relay(self, stop: threading.Event | None = None) -> OutboxRelay:
+        return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
+
+    def simulation(self, stop: threading.Event | None = None) -> Simulation:
+        return Simulation(self.register, self.outbox.count_published, stop=stop)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def bootstrap(env: Environment | None = None) -> Producer:
+    """Read settings, set up logging, open the database and bring its schema up to date."""
+    settings = ProducerSettings.from_env(env or Environment())
+    configure_logging(settings.logging, service=SERVICE, secrets=_secrets(settings))
+    engine = create_database_engine(settings.database_url)
+    upgrade(engine)
+    return Producer(
+        settings=settings,
+        engine=engine,
+        register=RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY),
+        outbox=SqlOutboxStore(engine),
+    )
+
+
+def _secrets(settings: ProducerSettings) -> list[str]:
+    """The passwords in the AMQP and database URLs, as written and percent-decoded."""
+    secrets = []
+    amqp_password = urlsplit(settings.broker.amqp_url).password
+    if amqp_password:
+        secrets += [amqp_password, unquote(amqp_password)]
+    try:
+        database_password = sa.engine.make_url(normalise_url(settings.database_url)).password
+    except sa.exc.ArgumentError:
+        database_password = None
+    if database_password:
+        secrets += [str(database_password)]
+    return secrets

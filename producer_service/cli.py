@@ -1,0 +1,244 @@
+"""`producer-service`: register a user, run the outbox relay, or simulate load.
+
+Exit codes (CONTRACT.md): 0 success, 2 invalid input or usage, 3 conflict, 1 anything else.
+Errors are one line on stderr; logs go to stderr too, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from producer_service.bootstrap import Producer, bootstrap
+from producer_service.ports import DuplicateUser
+from producer_service.progress import terminal_progress
+from producer_service.validation import (
+    EMAIL_RULES,
+    FULL_NAME_RULES,
+    USERNAME_RULES,
+    ValidationError,
+)
+from shared.errors import ConfigError, TransientError
+from shared.logging import event_context, get_logger
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_INVALID = 2
+EXIT_CONFLICT = 3
+
+_log = get_logger(__name__)
+Command = Callable[[Producer, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors exit 2 here
+    command: Command = args.command
+    try:
+        producer = bootstrap()
+    except ConfigError as error:
+        return _fail(EXIT_INVALID, f"configuration error: {error}")
+    except sa.exc.SQLAlchemyError as error:
+        return _fail(EXIT_UNEXPECTED, f"database unavailable: {_database_reason(error)}")
+    try:
+        return command(producer, args)
+    except ValidationError as error:
+        return _fail(EXIT_INVALID, str(error))
+    except DuplicateUser as error:
+        return _fail(EXIT_CONFLICT, str(error))
+    except ConfigError as error:
+        return _fail(EXIT_INVALID, f"configuration error: {error}")
+    except TransientError as error:
+        return _fail(EXIT_UNEXPECTED, str(error))
+    except sa.exc.SQLAlchemyError as error:
+        _log.exception("database error")
+        return _fail(EXIT_UNEXPECTED, f"database error: {_database_reason(error)}")
+    except Exception as error:  # noqa: BLE001 - the last resort: log it, exit 1, one line
+        _log.exception("unexpected error")
+        return _fail(EXIT_UNEXPECTED, f"unexpected error: {type(error).__name__}: {error}")
+    finally:
+        producer.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="producer-service",
+        description="Register users and publish their user_registered events (outbox relay).",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    register = commands.add_parser(
+        "register",
+        help="store a user and publish its user_registered event",
+        description=(
+            "Validate, store the user and its event in one transaction, then publish the event "
+            "if the broker answers (otherwise it waits in the outbox for the relay). "
+            "Prints the event id. Exit 2: invalid input; exit 3: already registered."
+        ),
+    )
+    register.add_argument("username", metavar="USERNAME", help=USERNAME_RULES)
+    register.add_argument("email", metavar="EMAIL", help=EMAIL_RULES)
+    register.add_argument("--full-name", metavar="NAME", help=FULL_NAME_RULES)
+    register.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the event id"
+    )
+    register.set_defaults(command=_register)
+
+    relay = commands.add_parser(
+        "relay",
+        help="publish pending outbox events with publisher confirms",
+        description="Publish pending events until SIGTERM/SIGINT (exit 0), or drain once.",
+    )
+    relay.add_argument("--once", action="store_true", help="publish what is pending, then exit")
+    relay.set_defaults(command=_relay)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="register N synthetic users (load and demos)",
+        description=(
+            "Register N synthetic users through the normal use case, then wait for a running "
+            "relay to publish their events, and print a summary."
+        ),
+    )
+    simulate.add_argument("--count", type=_positive_int, required=True, metavar="N")
+    simulate.add_argument(
+        "--rate", type=_positive_float, metavar="R", help="registrations per second (default: max)"
+    )
+    simulate.set_defaults(command=_simulate)
+    return parser
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def _register(producer: Producer, args: argparse.Namespace) -> int:
+    registration = producer.register(args.username, args.email, args.full_name)
+    with event_context(registration.event_id, registration.correlation_id):
+        _log.info("user registered", user_id=registration.user_id)
+        published = _publish_now(producer, registration.event_id)
+    if args.json:
+        document: dict[str, Any] = {
+            "event_id": registration.event_id,
+            "user_id": registration.user_id,
+            "username": registration.username,
+            "email": registration.email,
+            "published": published,
+        }
+        print(json.dumps(document, ensure_ascii=False))
+    else:
+        print(registration.event_id)
+    return EXIT_OK
+
+
+def _publish_now(producer: Producer, event_id: str) -> bool:
+    """Publish the new event at once if possible; otherwise say it waits in the outbox."""
+    try:
+        publisher = producer.connect_publisher()
+    except TransientError as error:
+        print(
+            f"broker unavailable ({error}); event {event_id} is queued in the outbox "
+            "and will be published by the relay",
+            file=sys.stderr,
+        )
+        return False
+    try:
+        published = event_id in producer.relay().publish_events(publisher, [event_id])
+    finally:
+        publisher.close()
+    if not published:
+        print(
+            f"event {event_id} was not published yet; it is queued in the outbox "
+            "and will be published by the relay",
+            file=sys.stderr,
+        )
+    return published
+
+
+def _relay(producer: Producer, args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    relay = producer.relay(stop)
+    _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
+    totals = relay.run_once() if args.once else relay.run_forever()
+    _log.info(
+        "relay stopped", published=totals.published, failed=totals.failed, deleted=totals.deleted
+    )
+    if args.once:
+        print(f"published {totals.published} events; {totals.failed} failed and remain pending")
+    return EXIT_OK
+
+
+def _simulate(producer: Producer, args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    with terminal_progress(args.count) as progress:
+        summary = producer.simulation(stop).run(args.count, rate=args.rate, progress=progress)
+    print(
+        f"registered {summary.registered} of {summary.requested} users in "
+        f"{summary.register_s:.2f} s ({summary.register_rate:.0f}/s)"
+    )
+    print(
+        f"published {summary.published} of {summary.registered} events in "
+        f"{summary.publish_s:.2f} s ({summary.publish_rate:.0f}/s)"
+    )
+    pending = summary.registered - summary.published
+    if pending:
+        print(
+            f"{pending} events are still pending in the outbox: is `producer-service relay` "
+            "running?",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so long-running commands stop cleanly with exit 0."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        _log.info("stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"producer-service: error: {message}", file=sys.stderr)
+    return code
+
+
+def _database_reason(error: sa.exc.SQLAlchemyError) -> str:
+    # The driver's first line names the problem; SQLAlchemy's own text appends the statement
+    # and its parameters, which could hold user data.
+    original = getattr(error, "orig", None) or error
+    first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"{type(original).__name__}: {first_line}".rstrip(": ")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value

@@ -1,0 +1,97 @@
+"""The ports of the registration service: what the core needs from storage and the broker.
+
+The core (registration, relay, simulation) depends on these protocols only; `storage.py` and
+`publisher.py` are the real adapters, wired in `bootstrap.py`, and unit tests pass fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared.errors import ServiceError, TransientError
+
+
+class DuplicateUser(ServiceError):
+    """The username or the email address is already registered (exit code 3)."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database could not be reached or was busy; trying again later may succeed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    user_id: str
+    username: str
+    email: str
+    full_name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One event as the relay publishes it; `id` grows in insertion order."""
+
+    event_id: str
+    event_type: str
+    routing_key: str
+    body: bytes
+    correlation_id: str
+    created_at: datetime
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """Which events the broker confirmed and routed, and why the others were not."""
+
+    published: frozenset[str]
+    failed: Mapping[str, str]
+    connection_lost: bool = False
+    """True when the connection failed during the batch; the publisher must be replaced."""
+
+
+class RegistrationStore(Protocol):
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+        """Store both in one transaction, returning the outbox id; `DuplicateUser` on conflict."""
+
+
+class ClaimedBatch(Protocol):
+    messages: Sequence[OutboxMessage]
+
+    def mark_published(self, event_ids: Sequence[str]) -> None: ...
+
+    def mark_failed(self, failures: Mapping[str, str]) -> None: ...
+
+
+class OutboxStore(Protocol):
+    def claim_pending(
+        self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+    ) -> AbstractContextManager[ClaimedBatch]:
+        """Pending events with an id above `after_id`, oldest first, held until the block ends.
+
+        Where the database can, other relays skip held rows, so no two relays publish the same
+        event; the marks are written when the block exits without an error.
+        """
+
+    def delete_published_before(self, cutoff: datetime) -> int: ...
+
+    def count_published(self, event_ids: Sequence[str]) -> int: ...
+
+
+class EventPublisher(Protocol):
+    @property
+    def is_open(self) -> bool: ...
+
+    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        """Publish all at once and wait for every confirm; unconfirmed ones count as failed."""
+
+    def idle(self, seconds: float) -> None:
+        """Wait, keeping the connection alive (heartbeats) meanwhile."""
+
+    def close(self) -> None: ...

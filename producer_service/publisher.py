@@ -1,0 +1,254 @@
+"""Publishing outbox events to RabbitMQ with pipelined publisher confirms.
+
+pika's BlockingChannel waits for each confirm before `basic_publish` returns: one broker round
+trip per event. This adapter drives pika's asynchronous `SelectConnection` instead: a whole batch
+is written at once, then the I/O loop runs until the broker has acknowledged every delivery tag
+(`multiple=True` acks settle many at a time). Messages are published with `mandatory=True`; a
+message the broker cannot route comes back as `basic.return` *before* its ack, so returns are
+remembered by `message_id` and the following ack is not counted as a success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import pika
+import pika.exceptions
+import pika.spec
+
+from producer_service.ports import OutboxMessage, PublishOutcome
+from shared.amqp import BrokerUnavailable, connection_parameters, mask_url, open_connection
+from shared.logging import get_logger
+from shared.settings import BrokerSettings
+from shared.topology import EXCHANGE, declare_topology
+
+APP_ID: Final = "producer_service"
+_CLOSE_TIMEOUT_S: Final = 5.0
+_log = get_logger(__name__)
+
+
+def declare_producer_topology(settings: BrokerSettings) -> None:
+    """Declare the exchange and the worker's queues, so no event is unroutable before it starts.
+
+    The retry queues are left to the worker, which owns their delays.
+    """
+    connection = open_connection(settings)
+    try:
+        declare_topology(connection.channel(), retry_delays_s=())
+    except pika.exceptions.AMQPError as error:
+        raise BrokerUnavailable(f"declaring the topology failed: {error!r}") from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+class ConfirmingPublisher:
+    """One connection and channel in confirm mode, used from one thread."""
+
+    def __init__(self, settings: BrokerSettings, *, confirm_timeout_s: float) -> None:
+        self._settings = settings
+        self._confirm_timeout_s = confirm_timeout_s
+        self._masked_url = mask_url(settings.amqp_url)
+        self._connection: Any = None
+        self._channel: Any = None
+        self._ready = False
+        self._failure: str | None = None
+        self._stop_when: Callable[[], bool] | None = None
+        self._next_tag = 0
+        # Delivery tag -> event id of every publish not yet acked or nacked, oldest first.
+        self._unconfirmed: OrderedDict[int, str] = OrderedDict()
+        self._returned: dict[str, str] = {}
+        self._published: set[str] = set()
+        self._failed: dict[str, str] = {}
+
+    @classmethod
+    def connect(
+        cls, settings: BrokerSettings, *, confirm_timeout_s: float, declare: bool = True
+    ) -> ConfirmingPublisher:
+        """A publisher ready to publish, or `BrokerUnavailable`."""
+        if declare:
+            declare_producer_topology(settings)
+        publisher = cls(settings, confirm_timeout_s=confirm_timeout_s)
+        publisher._open()
+        return publisher
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._ready and self._failure is None and self._channel.is_open)
+
+    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        self._published, self._failed, self._returned = set(), {}, {}
+        if not self.is_open:
+            reason = f"not connected: {self._failure or 'closed'}"
+            return PublishOutcome(frozenset(), dict.fromkeys(_ids(messages), reason), True)
+        try:
+            for message in messages:
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message.event_id
+                self._channel.basic_publish(
+                    EXCHANGE,
+                    message.routing_key,
+                    message.body,
+                    properties=_properties(message),
+                    mandatory=True,
+                )
+        except pika.exceptions.AMQPError as error:
+            self._failure = f"publishing failed: {error!r}"
+        else:
+            self._run_until(lambda: not self._unconfirmed, self._confirm_timeout_s)
+        connection_lost = bool(self._unconfirmed) or self._failure is not None
+        if self._unconfirmed:
+            reason = self._failure or f"no confirm within {self._confirm_timeout_s:g} s"
+            for event_id in self._unconfirmed.values():
+                self._failed[event_id] = reason
+            self._unconfirmed.clear()
+            # Late confirms would carry tags we no longer track: start afresh on a new channel.
+            self.close()
+        for message in messages:
+            if message.event_id not in self._published and message.event_id not in self._failed:
+                self._failed[message.event_id] = self._failure or "not confirmed"
+        return PublishOutcome(frozenset(self._published), dict(self._failed), connection_lost)
+
+    def idle(self, seconds: float) -> None:
+        if self.is_open:
+            self._run_until(lambda: False, seconds)
+
+    def close(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        if not (connection.is_closing or connection.is_closed):
+            # Also aborts a connection still opening (a connect that timed out).
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
+        if not connection.is_closed:
+            self._run_until(lambda: bool(connection.is_closed), _CLOSE_TIMEOUT_S)
+        self._ready = False
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        parameters = connection_parameters(self._settings)
+        self._connection = pika.SelectConnection(
+            parameters,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._run_until(lambda: self._ready, float(parameters.socket_timeout or 10) + 5.0)
+        if not self._ready:
+            reason = self._failure or "timed out"
+            self.close()
+            raise BrokerUnavailable(f"cannot connect to {self._masked_url}: {reason}")
+        _log.info("publisher connected", url=self._masked_url)
+
+    def _on_connection_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: Any) -> None:
+        self._ready = True
+        self._wake()
+
+    # ---- failures --------------------------------------------------------------------------
+
+    def _on_open_error(self, _connection: Any, error: BaseException | str) -> None:
+        self._failure = _describe(error)
+        self._wake()
+
+    def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
+        if self._failure is None:
+            self._failure = f"connection closed: {_describe(reason)}"
+        self._wake()
+
+    def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
+        if self._failure is None:
+            self._failure = f"channel closed: {_describe(reason)}"
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        self._wake()
+
+    # ---- confirms and returns --------------------------------------------------------------
+
+    def _on_return(
+        self, _channel: Any, method: Any, properties: pika.spec.BasicProperties, _body: bytes
+    ) -> None:
+        self._returned[str(properties.message_id)] = (
+            f"returned by the broker: {method.reply_code} {method.reply_text}"
+        )
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        for event_id in self._settle(int(method.delivery_tag), bool(method.multiple)):
+            if not acked:
+                self._failed[event_id] = "refused by the broker (basic.nack)"
+            elif event_id in self._returned:
+                self._failed[event_id] = self._returned.pop(event_id)
+            else:
+                self._published.add(event_id)
+        self._wake()
+
+    def _settle(self, tag: int, multiple: bool) -> list[str]:
+        if not multiple:
+            event_id = self._unconfirmed.pop(tag, None)
+            return [] if event_id is None else [event_id]
+        settled = []
+        while self._unconfirmed:
+            oldest = next(iter(self._unconfirmed))
+            if oldest > tag:
+                break
+            settled.append(self._unconfirmed.pop(oldest))
+        return settled
+
+    # ---- driving the I/O loop --------------------------------------------------------------
+
+    def _run_until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        """Run pika's I/O loop until `done()`, a failure, or the timeout, whichever is first."""
+        if done() or self._connection is None:
+            return
+        ioloop = self._connection.ioloop
+        self._stop_when = done
+        timer = ioloop.call_later(timeout_s, ioloop.stop)
+        try:
+            ioloop.start()
+        finally:
+            ioloop.remove_timeout(timer)
+            self._stop_when = None
+
+    def _wake(self) -> None:
+        if self._stop_when is None:
+            return
+        if self._stop_when() or self._failure is not None or self._connection.is_closed:
+            self._connection.ioloop.stop()
+
+
+def _properties(message: OutboxMessage) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        message_id=message.event_id,
+        type=message.event_type,
+        app_id=APP_ID,
+        timestamp=int(message.created_at.timestamp()),
+        correlation_id=message.correlation_id,
+        headers=dict(message.headers),
+    )
+
+
+def _ids(messages: Sequence[OutboxMessage]) -> list[str]:
+    return [message.event_id for message in messages]
+
+
+def _describe(error: BaseException | str) -> str:
+    # pika's connection errors can quote the parameters; only the type and reason are kept,
+    # and the URL is always shown masked.
+    return error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")

@@ -1,0 +1,247 @@
+"""The outbox relay: publish pending events in id order, mark them published, tidy up.
+
+Publish before mark: an event is marked only after the broker confirmed it and did not return
+it, so a crash between the two publishes it again (the worker deduplicates by `event_id`) but
+never loses it. Batches keep database round trips and confirm waits to one per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+    wait_random,
+)
+
+from producer_service.ports import (
+    DatabaseUnavailable,
+    EventPublisher,
+    OutboxMessage,
+    OutboxStore,
+    PublishOutcome,
+)
+from producer_service.settings import RelaySettings
+from shared.errors import TransientError
+from shared.logging import event_context, get_logger
+
+PublisherFactory = Callable[[], EventPublisher]
+
+# `relay --once` is a drain for scripts and tests: it gives up after this many connection
+# attempts (about 8 s of backoff) instead of waiting for the broker forever.
+ONCE_CONNECT_ATTEMPTS: Final = 5
+_MAX_RECONNECT_WAIT_S: Final = 30.0
+_MAX_FAILURE_PAUSE_S: Final = 60.0
+_SWEEP_EVERY_S: Final = 60.0
+_IDLE_SLICE_S: Final = 0.25
+_log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class RelayTotals:
+    published: int = 0
+    failed: int = 0
+    deleted: int = 0
+
+
+class ConnectionLost(TransientError):
+    """The broker connection failed in the middle of a batch."""
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        outbox: OutboxStore,
+        connect: PublisherFactory,
+        settings: RelaySettings,
+        *,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._outbox = outbox
+        self._connect = connect
+        self._settings = settings
+        self.stop_requested = stop or threading.Event()
+        self._clock = clock
+        self.totals = RelayTotals()
+
+    # ---- the two ways to run -----------------------------------------------------------------
+
+    def run_once(self) -> RelayTotals:
+        """Publish everything pending now (and anything added meanwhile), sweep, and return.
+
+        The sweep needs only the database, so it runs even when the broker cannot be reached.
+        """
+        try:
+            publisher = self._connect_with_backoff(stop_after_attempt(ONCE_CONNECT_ATTEMPTS))
+            try:
+                self.publish_pending(publisher)
+            finally:
+                publisher.close()
+        finally:
+            self.sweep()
+        return self.totals
+
+    def run_forever(self) -> RelayTotals:
+        """Relay until `stop_requested` is set, reconnecting with backoff when the broker goes."""
+        publisher: EventPublisher | None = None
+        failed_passes = database_failures = 0
+        next_sweep = self._clock()
+        try:
+            while not self.stop_requested.is_set():
+                if publisher is None or not publisher.is_open:
+                    if publisher is not None:
+                        publisher.close()
+                    publisher = None
+                    try:
+                        publisher = self._connect_with_backoff(
+                            stop_when_event_set(self.stop_requested)
+                        )
+                    except TransientError:
+                        break  # only reached once a stop was requested
+                try:
+                    published, failed = self.publish_pending(publisher)
+                    if self._clock() >= next_sweep:
+                        self.sweep()
+                        next_sweep = self._clock() + _SWEEP_EVERY_S
+                except ConnectionLost as error:
+                    _log.warning("broker connection lost; reconnecting", error=str(error))
+                    continue
+                except DatabaseUnavailable as error:
+                    database_failures += 1
+                    pause_s = min(0.5 * 2.0**database_failures, _MAX_RECONNECT_WAIT_S)
+                    _log.warning(
+                        "database unavailable; retrying",
+                        attempt=database_failures,
+                        retry_in_s=pause_s,
+                        error=str(error),
+                    )
+                    self._idle(publisher, pause_s)
+                    continue
+                database_failures = 0
+                failed_passes = failed_passes + 1 if failed and not published else 0
+                if not published:
+                    self._idle(publisher, self._pause_s(failed_passes))
+        finally:
+            if publisher is not None:
+                publisher.close()
+        return self.totals
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def publish_pending(self, publisher: EventPublisher) -> tuple[int, int]:
+        """One pass over the pending events in id order; returns (published, failed).
+
+        A failed event does not hold back the ones after it: the pass moves on, and the next
+        pass tries it again.
+        """
+        published = failed = 0
+        after_id = 0
+        limit = self._settings.batch_size
+        while not self.stop_requested.is_set():
+            with self._outbox.claim_pending(after_id=after_id, limit=limit) as batch:
+                messages = batch.messages
+                if not messages:
+                    break
+                outcome = publisher.publish(messages)
+                batch.mark_published(sorted(outcome.published))
+                batch.mark_failed(outcome.failed)
+            self._report(messages, outcome)
+            published += len(outcome.published)
+            failed += len(outcome.failed)
+            if outcome.connection_lost:
+                raise ConnectionLost("the broker connection failed during a batch")
+            if len(messages) < limit:
+                break
+            after_id = messages[-1].id
+        return published, failed
+
+    def publish_events(self, publisher: EventPublisher, event_ids: Sequence[str]) -> frozenset[str]:
+        """Publish these events now, if still pending and not held by a relay."""
+        with self._outbox.claim_pending(
+            after_id=0, limit=len(event_ids), event_ids=event_ids
+        ) as batch:
+            if not batch.messages:
+                return frozenset()
+            outcome = publisher.publish(batch.messages)
+            batch.mark_published(sorted(outcome.published))
+            batch.mark_failed(outcome.failed)
+        self._report(batch.messages, outcome)
+        return outcome.published
+
+    def sweep(self) -> int:
+        """Delete published rows older than the retention period."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.retention_s)
+        deleted = self._outbox.delete_published_before(cutoff)
+        self.totals.deleted += deleted
+        if deleted:
+            _log.info("published events removed from the outbox", count=deleted)
+        return deleted
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _connect_with_backoff(self, stop: object) -> EventPublisher:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            # Jitter keeps several relays from reconnecting in lock-step after an outage.
+            wait=wait_exponential(multiplier=0.5, max=_MAX_RECONNECT_WAIT_S) + wait_random(0, 0.5),
+            stop=stop,  # type: ignore[arg-type]
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        return retrying(self._connect)
+
+    def _sleep(self, seconds: float) -> None:
+        # Wakes at once when a stop is requested, so SIGTERM during a backoff exits promptly.
+        self.stop_requested.wait(seconds)
+
+    def _idle(self, publisher: EventPublisher, seconds: float) -> None:
+        # In short slices: a signal sets `stop_requested` but does not interrupt pika's loop.
+        deadline = self._clock() + seconds
+        while not self.stop_requested.is_set() and publisher.is_open:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            publisher.idle(min(remaining, _IDLE_SLICE_S))
+
+    def _pause_s(self, failed_passes: int) -> float:
+        # Events the broker keeps returning would otherwise be retried (and logged) at the
+        # polling rate; back off while nothing gets through.
+        if failed_passes == 0:
+            return self._settings.poll_interval_s
+        pause: float = self._settings.poll_interval_s * 2.0**failed_passes
+        return min(pause, _MAX_FAILURE_PAUSE_S)
+
+    def _report(self, messages: Sequence[OutboxMessage], outcome: PublishOutcome) -> None:
+        self.totals.published += len(outcome.published)
+        self.totals.failed += len(outcome.failed)
+        if outcome.failed:
+            for message in messages:
+                reason = outcome.failed.get(message.event_id)
+                if reason is not None:
+                    with event_context(message.event_id, message.correlation_id):
+                        _log.error("event not published; it stays in the outbox", reason=reason)
+        if outcome.published:
+            _log.debug("events published", count=len(outcome.published))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    wait_s = state.next_action.sleep if state.next_action else 0.0
+    _log.warning(
+        "broker unavailable; retrying",
+        attempt=state.attempt_number,
+        retry_in_s=round(wait_s, 2),
+        error=str(error),
+    )

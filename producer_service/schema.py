@@ -1,0 +1,78 @@
+"""The registration service's tables and the numbered steps that create and upgrade them.
+
+Uniqueness lives in the database, not in a check before the insert: `username_key` and
+`email_key` hold the lower-cased forms under unique constraints, so of two registrations racing
+for the same name or address exactly one commits.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from shared.database import Migration, apply_migrations
+
+COMPONENT: Final = "producer_service"
+
+metadata = sa.MetaData()
+
+# BIGINT on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-incrementing rowid.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.String(36), primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("username_key", sa.String(64), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("email_key", sa.String(320), nullable=False),
+    sa.Column("full_name", sa.String(200), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("username_key", name="uq_users_username_key"),
+    sa.UniqueConstraint("email_key", name="uq_users_email_key"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    # Monotonic: the relay publishes in id order, which is the order the rows were written.
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("routing_key", sa.String(255), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("headers", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
+)
+
+# The relay's query, "pending rows by id", stays fast however many published rows remain.
+sa.Index(
+    "ix_outbox_pending",
+    outbox.c.id,
+    postgresql_where=outbox.c.published_at.is_(None),
+    sqlite_where=outbox.c.published_at.is_(None),
+)
+# The retention sweep deletes by publication time.
+sa.Index("ix_outbox_published_at", outbox.c.published_at)
+
+
+def _create_users_and_outbox(connection: Connection) -> None:
+    # checkfirst: two processes starting at once on SQLite may both get here; the loser's
+    # version insert fails and apply_migrations reads the version again.
+    metadata.create_all(connection, tables=[users, outbox], checkfirst=True)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_users_and_outbox,)
+
+
+def upgrade(engine: Engine) -> int:
+    """Bring the schema up to date; returns the version in place."""
+    return apply_migrations(engine, COMPONENT, MIGRATIONS)

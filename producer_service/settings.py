@@ -1,0 +1,59 @@
+"""The registration service's settings, read once from the environment in the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.settings import (
+    BrokerSettings,
+    Environment,
+    LoggingSettings,
+    broker_settings,
+    logging_settings,
+    sqlite_default_url,
+)
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_POLL_INTERVAL_S = 1.0
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+# Below SQLite's 30 s busy timeout: on SQLite a batch holds the write lock while it waits for
+# confirms, and a registration must never time out behind a broker that stopped answering.
+DEFAULT_CONFIRM_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    batch_size: int
+    """Events claimed, published and marked together: one read, one confirm wait, one write."""
+    poll_interval_s: float
+    """Pause when the outbox holds nothing publishable."""
+    retention_s: int
+    """Published rows older than this are deleted; the outbox is not an archive."""
+    confirm_timeout_s: float
+    """How long to wait for the broker to confirm a batch before treating it as failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    database_url: str
+    broker: BrokerSettings
+    logging: LoggingSettings
+    relay: RelaySettings
+
+    @classmethod
+    def from_env(cls, env: Environment) -> ProducerSettings:
+        return cls(
+            database_url=env.text("PRODUCER_DATABASE_URL", sqlite_default_url("producer.sqlite3")),
+            broker=broker_settings(env),
+            logging=logging_settings(env),
+            relay=RelaySettings(
+                batch_size=env.integer("RELAY_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1),
+                poll_interval_s=env.number(
+                    "RELAY_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S, minimum=0.01
+                ),
+                retention_s=env.integer("RELAY_RETENTION_S", DEFAULT_RETENTION_S, minimum=0),
+                confirm_timeout_s=env.number(
+                    "RELAY_CONFIRM_TIMEOUT_S", DEFAULT_CONFIRM_TIMEOUT_S, minimum=1.0
+                ),
+            ),
+        )

@@ -1,0 +1,224 @@
+"""SQLAlchemy Core adapters for the registration store and the outbox (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from producer_service.ports import DatabaseUnavailable, DuplicateUser, NewUser, OutboxMessage
+from producer_service.schema import outbox, users
+from producer_service.validation import email_key, username_key
+from shared.database import is_sqlite
+
+# Well under every database's limit on bound parameters in one statement.
+_IN_LIST_SIZE: Final = 1000
+_MAX_ERROR_CHARS: Final = 500
+_T = TypeVar("_T")
+
+
+class SqlRegistrationStore:
+    """Stores a user and its event in one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+        # The unique constraints decide, races included; only then does a look-up find out
+        # which of the two keys was taken, to name it in the message.
+        try:
+            with self._engine.begin() as connection:
+                # Parameters passed apart from the statement keep its compiled form cached.
+                connection.execute(users.insert(), _user_row(user))
+                outbox_id = connection.execute(
+                    outbox.insert().returning(outbox.c.id), _outbox_row(message)
+                ).scalar_one()
+                return int(outbox_id)
+        except sa.exc.IntegrityError:
+            self._raise_if_taken(user)
+            raise
+
+    def _raise_if_taken(self, user: NewUser) -> None:
+        with self._engine.connect() as connection:
+            taken = connection.execute(
+                sa.select(users.c.username, users.c.email, users.c.username_key).where(
+                    sa.or_(
+                        users.c.username_key == username_key(user.username),
+                        users.c.email_key == email_key(user.email),
+                    )
+                )
+            ).all()
+        for row in taken:
+            if row.username_key == username_key(user.username):
+                raise DuplicateUser(f"username {user.username!r} is already registered")
+        if taken:
+            raise DuplicateUser(f"email {user.email!r} is already registered")
+
+
+class _SqlClaimedBatch:
+    """Rows held for publishing; marks are buffered and written as two statements."""
+
+    def __init__(self, messages: Sequence[OutboxMessage]) -> None:
+        self.messages = messages
+        self._ids = {message.event_id: message.id for message in messages}
+        self._published: list[int] = []
+        self._failed: dict[int, str] = {}
+
+    def mark_published(self, event_ids: Sequence[str]) -> None:
+        self._published.extend(self._ids[event_id] for event_id in event_ids)
+
+    def mark_failed(self, failures: Mapping[str, str]) -> None:
+        for event_id, reason in failures.items():
+            self._failed[self._ids[event_id]] = reason[:_MAX_ERROR_CHARS]
+
+    def write(self, connection: Connection) -> None:
+        now = datetime.now(UTC)
+        for ids in _slices(self._published):
+            connection.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids))
+                .values(published_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+            )
+        if self._failed:
+            connection.execute(
+                outbox.update()
+                .where(outbox.c.id == sa.bindparam("row_id"))
+                .values(attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error")),
+                [{"row_id": row_id, "error": error} for row_id, error in self._failed.items()],
+            )
+
+
+class SqlOutboxStore:
+    """The relay's view of the outbox table."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sqlite = is_sqlite(engine)
+
+    @contextmanager
+    def claim_pending(
+        self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+    ) -> Iterator[_SqlClaimedBatch]:
+        query = (
+            sa.select(outbox)
+            .where(outbox.c.published_at.is_(None), outbox.c.id > after_id)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if event_ids is not None:
+            query = query.where(outbox.c.event_id.in_(event_ids))
+        if not self._sqlite:
+            # Held until commit, i.e. until the batch is published and marked; another relay
+            # (or `register` publishing its own event) skips these rows instead of waiting for
+            # them or publishing them again.
+            query = query.with_for_update(skip_locked=True)
+        with _database_errors_are_transient(), self._engine.begin() as connection:
+            if self._sqlite:
+                _hold_sqlite_write_lock(connection)
+            batch = _SqlClaimedBatch([_message(row) for row in connection.execute(query)])
+            yield batch
+            batch.write(connection)
+
+    def delete_published_before(self, cutoff: datetime) -> int:
+        with _database_errors_are_transient(), self._engine.begin() as connection:
+            result = connection.execute(
+                outbox.delete().where(
+                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
+                )
+            )
+            return int(result.rowcount)
+
+    def count_published(self, event_ids: Sequence[str]) -> int:
+        total = 0
+        with self._engine.connect() as connection:
+            for ids in _slices(event_ids):
+                total += connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.event_id.in_(ids), outbox.c.published_at.is_not(None))
+                ).scalar_one()
+        return total
+
+    def count_pending(self) -> int:
+        with self._engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.published_at.is_(None))
+                ).scalar_one()
+            )
+
+
+def _hold_sqlite_write_lock(connection: Connection) -> None:
+    # SQLite has no row locks: the batch holds its single write lock until marked, so a second
+    # publisher (another relay, `register`) waits and then finds the rows already published.
+    # Registrations wait for one batch at most; readers are not blocked (WAL). The engine from
+    # shared.database already begins every transaction IMMEDIATE; this covers any other.
+    if not getattr(connection.connection.dbapi_connection, "in_transaction", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _database_errors_are_transient() -> Iterator[None]:
+    # Connection loss, a restarting server, SQLite's "database is locked": the relay waits and
+    # tries again instead of exiting. Errors in the SQL itself stay what they are.
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        # The driver's first line names the problem (never a password); SQLAlchemy's own
+        # text would add the statement and its parameters.
+        original = getattr(error, "orig", None) or error
+        first_line = (str(original).strip().splitlines() or [""])[0]
+        reason = f"{type(original).__name__}: {first_line}".rstrip(": ")
+        raise DatabaseUnavailable(f"database unavailable ({reason})") from error
+
+
+def _user_row(user: NewUser) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "username": user.username,
+        "username_key": username_key(user.username),
+        "email": user.email,
+        "email_key": email_key(user.email),
+        "full_name": user.full_name,
+        "created_at": user.created_at,
+    }
+
+
+def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
+    return {
+        "event_id": message.event_id,
+        "event_type": message.event_type,
+        "routing_key": message.routing_key,
+        "payload": message.body.decode("utf-8"),
+        "headers": json.dumps(dict(message.headers), separators=(",", ":")),
+        "correlation_id": message.correlation_id,
+        "created_at": message.created_at,
+    }
+
+
+def _message(row: sa.Row[Any]) -> OutboxMessage:
+    created_at: datetime = row.created_at
+    if created_at.tzinfo is None:  # SQLite keeps no zone; every value written is UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return OutboxMessage(
+        id=int(row.id),
+        event_id=row.event_id,
+        event_type=row.event_type,
+        routing_key=row.routing_key,
+        body=row.payload.encode("utf-8"),
+        headers=json.loads(row.headers),
+        correlation_id=row.correlation_id,
+        created_at=created_at,
+    )
+
+
+def _slices(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), _IN_LIST_SIZE):
+        yield items[start : start + _IN_LIST_SIZE]

@@ -1,0 +1,109 @@
+"""Checking what a user typed before anything is stored.
+
+The rules are stated once here and quoted by `--help`, so the documentation cannot drift from
+the code. Every failure raises `ValidationError` with one line fit for stderr.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from email_validator import EmailNotValidError, validate_email
+
+from shared.errors import PermanentError
+
+USERNAME_MIN: Final = 3
+USERNAME_MAX: Final = 32
+FULL_NAME_MAX: Final = 200
+# ASCII only on purpose: look-alike letters from other scripts (a Cyrillic "a" in
+# "alice", say) would let one user pose as another in a welcome email.
+_USERNAME_PATTERN: Final = re.compile(
+    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{{USERNAME_MIN - 1},{USERNAME_MAX - 1}}}"
+)
+
+USERNAME_RULES: Final = (
+    f"{USERNAME_MIN}-{USERNAME_MAX} characters: ASCII letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit; stored as typed, unique regardless of case"
+)
+EMAIL_RULES: Final = (
+    "a syntactically valid address (no DNS lookup); the domain is normalised, and "
+    "addresses are unique regardless of case"
+)
+FULL_NAME_RULES: Final = f"optional, at most {FULL_NAME_MAX} characters, no control characters"
+
+
+class ValidationError(PermanentError):
+    """The input breaks a rule; the message is one line naming the field and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRegistration:
+    """Input that passed every rule, in the form it will be stored."""
+
+    username: str
+    email: str
+    full_name: str | None
+
+
+def validate_registration(username: str, email: str, full_name: str | None) -> ValidRegistration:
+    return ValidRegistration(
+        username=validate_username(username),
+        email=validate_email_address(email),
+        full_name=validate_full_name(full_name),
+    )
+
+
+def validate_username(username: str) -> str:
+    if _USERNAME_PATTERN.fullmatch(username) is None:
+        raise ValidationError(f"invalid username {_quote(username)}: {USERNAME_RULES}")
+    return username
+
+
+def validate_email_address(email: str) -> str:
+    """The normalised address, or `ValidationError` with email-validator's reason."""
+    if _has_control(email):
+        raise ValidationError("invalid email address: it contains control characters")
+    try:
+        # No deliverability check: a registration must not depend on DNS answering.
+        checked = validate_email(email, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise ValidationError(f"invalid email address {_quote(email)}: {error}") from None
+    return str(checked.normalized)
+
+
+def validate_full_name(full_name: str | None) -> str | None:
+    """The name with surrounding blanks removed; None when absent or blank."""
+    if full_name is None:
+        return None
+    cleaned = full_name.strip()
+    if not cleaned:
+        return None
+    if len(cleaned) > FULL_NAME_MAX:
+        raise ValidationError(f"full name is longer than {FULL_NAME_MAX} characters")
+    if _has_control(cleaned):
+        raise ValidationError("full name contains control characters")
+    return cleaned
+
+
+def username_key(username: str) -> str:
+    """The form in which usernames are compared: 'Alice' and 'alice' are the same user."""
+    return username.lower()
+
+
+def email_key(email: str) -> str:
+    """The form in which normalised addresses are compared, ignoring case throughout."""
+    return email.lower()
+
+
+def _has_control(text: str) -> bool:
+    # C0, DEL, C1 and the Unicode line/paragraph separators: each could split a log line or
+    # an email header further down the line.
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or ord(c) in (0x2028, 0x2029) for c in text)
+
+
+def _quote(value: str, limit: int = 60) -> str:
+    # repr() escapes control characters, so the error message itself stays one safe line.
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

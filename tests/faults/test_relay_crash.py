@@ -1,0 +1,70 @@
+"""The relay SIGKILLed after publishing a batch and before marking it published."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from shared import topology
+from tests.faults.harness import Stack, account, queue_depth, record, scaled
+
+pytestmark = [pytest.mark.private_node, pytest.mark.slow]
+
+
+def _marked(stack: Stack) -> int:
+    engine = sa.create_engine(stack.producer_database)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            return int(connection.execute(query).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_relay_killed_between_publish_and_mark_loses_nothing_and_sends_no_duplicate(
+    stack: Stack,
+) -> None:
+    count = scaled(3000, 20000)
+    kills = scaled(2, 5)
+    # One big batch: its publications reach the queue well before its marks are committed.
+    batch_size = str(count)
+    assert stack.run("producer-service", "simulate", "--count", str(count)).returncode == 0
+    committed = stack.committed_event_ids()
+    # The worker's queue must exist before the first publication or the event is returned.
+    assert stack.run("producer-service", "relay", "--once", RELAY_BATCH_SIZE="1").returncode == 0
+
+    for _kill in range(kills):
+        relay = stack.start_relay(RELAY_BATCH_SIZE=batch_size)
+        # Kill at the first sign of publishing beyond what is marked: the moment the queue
+        # holds more events than the outbox says it published.
+        while queue_depth(stack.node.amqp_url, topology.QUEUE) <= _marked(stack):
+            assert relay.running, relay.output()[-2000:]
+        relay.kill()
+        assert queue_depth(stack.node.amqp_url, topology.QUEUE) > _marked(stack)
+
+    # A last relay publishes what is left, unhindered.
+    assert (
+        stack.run("producer-service", "relay", "--once", RELAY_BATCH_SIZE=batch_size).returncode
+        == 0
+    )
+    published = queue_depth(stack.node.amqp_url, topology.QUEUE)
+    republished = published - count
+    assert republished > 0, "the fault was not injected: nothing was published twice"
+
+    stack.start_worker()
+    took = stack.wait_until_delivered(committed)
+    stack.settle()
+    result = account(committed, stack.emails_by_event())
+    record(
+        "relay SIGKILLed between publish and mark",
+        {
+            **result.summary(),
+            "kills": kills,
+            "events_published_twice": republished,
+            "seconds_to_deliver": round(took, 1),
+        },
+    )
+    assert result.lost == []
+    assert result.unexpected == []
+    # Every republished event reached the worker, and the worker sent none of them twice.
+    assert result.duplicated == 0

@@ -1,0 +1,47 @@
+"""The worker SIGKILLed mid-processing, several times, and started again."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.harness import Stack, account, record, scaled
+
+pytestmark = [pytest.mark.private_node, pytest.mark.slow]
+
+CONCURRENCY = 4
+
+
+def test_worker_killed_mid_processing_loses_nothing(stack: Stack) -> None:
+    count = scaled(400, 3000)
+    kills = scaled(3, 10)
+    # A remote mail server takes a while per message, so every kill lands with emails in
+    # flight: claimed, being sent, sent but not yet recorded.
+    stack.smtp.set_latency(0.05)
+    assert stack.run("producer-service", "simulate", "--count", str(count)).returncode == 0
+    committed = stack.committed_event_ids()
+    stack.start_relay()
+    worker = stack.start_worker(WORKER_CONCURRENCY=str(CONCURRENCY))
+
+    step = count // (kills + 1)
+    for kill in range(1, kills + 1):
+
+        def progressed(target: int = kill * step) -> bool:
+            return len(stack.smtp.messages) >= target
+
+        stack.wait_for(progressed, 120, f"{kill * step} emails before kill {kill}")
+        worker.kill()
+        worker = stack.start_worker(WORKER_CONCURRENCY=str(CONCURRENCY))
+
+    took = stack.wait_until_delivered(committed)
+    stack.settle()
+    result = account(committed, stack.emails_by_event())
+    record(
+        "worker SIGKILLed mid-processing",
+        {**result.summary(), "kills": kills, "seconds_to_drain_after_last_kill": round(took, 1)},
+    )
+    assert result.lost == []
+    assert result.unexpected == []
+    # A duplicate is possible only for an email the server accepted just before the kill and
+    # that the worker had not yet recorded: at most one per thread per kill.
+    assert result.extra_emails <= kills * CONCURRENCY
+    assert worker.terminate() == 0

@@ -1,0 +1,191 @@
+"""`email-consumer dlq list | replay | purge` against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pika
+import pytest
+
+from email_consumer import failure_headers
+from email_consumer.errors import SmtpRejected
+from shared import topology
+from shared.events import serialise
+from tests.integration.test_worker_harness import (
+    TEST_RETRY_DELAYS,
+    dead_letters,
+    new_event,
+    peek,
+    publish_event,
+)
+from tests.support.smtp import free_port
+
+pytestmark = pytest.mark.broker
+
+
+def _cli(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "RETRY_DELAYS_S": ",".join(str(d) for d in TEST_RETRY_DELAYS),
+        "LOG_FORMAT": "json",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "email_consumer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _seed(amqp_url: str, count: int) -> list[str]:
+    """Dead-letter `count` events as the worker does after a 5xx; returns their ids."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ids = []
+    try:
+        channel = connection.channel()
+        topology.declare_topology(channel, retry_delays_s=TEST_RETRY_DELAYS)
+        channel.confirm_delivery()
+        for index in range(count):
+            event = new_event(f"user{index}")
+            headers = failure_headers.after_failure(
+                {"schema_version": 1},
+                error=SmtpRejected(550, "5.1.1 Mailbox unavailable"),
+                attempts=1,
+                now=datetime.now(UTC),
+                host="worker-a",
+                routing_key=topology.ROUTING_KEY,
+                dead_letter_reason="permanent",
+            )
+            properties = pika.BasicProperties(
+                delivery_mode=2,
+                content_type="application/json",
+                message_id=event.event_id,
+                correlation_id=f"corr-{index}",
+                type="user_registered",
+                app_id="producer_service",
+                headers=headers,
+            )
+            channel.basic_publish(
+                topology.DEAD_LETTER_EXCHANGE,
+                topology.DEAD_LETTER_QUEUE,
+                serialise(event),
+                properties=properties,
+                mandatory=True,
+            )
+            ids.append(event.event_id)
+    finally:
+        connection.close()
+    return ids
+
+
+def test_list_shows_error_attempts_and_time_and_removes_nothing(amqp_url: str) -> None:
+    ids = _seed(amqp_url, 3)
+    result = _cli(amqp_url, "dlq", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(row["event_id"] for row in rows) == sorted(ids)
+    for row in rows:
+        assert row["error_type"] == "SmtpRejected"
+        assert row["error_message"] == "SMTP 550: 5.1.1 Mailbox unavailable"
+        assert row["attempts"] == 1
+        assert row["last_failure_at"]
+        assert row["dead_letter_reason"] == "permanent"
+    assert len(dead_letters(amqp_url)) == 3
+
+    limited = _cli(amqp_url, "dlq", "list", "--limit", "2", "--json")
+    assert len(limited.stdout.splitlines()) == 2
+    table = _cli(amqp_url, "dlq", "list")
+    assert table.returncode == 0
+    assert all(event_id in table.stdout for event_id in ids)
+    assert "SmtpRejected" in table.stdout
+    assert len(dead_letters(amqp_url)) == 3
+
+
+def test_list_of_an_empty_dlq_says_so(amqp_url: str) -> None:
+    result = _cli(amqp_url, "dlq", "list")
+    assert result.returncode == 0
+    assert "empty" in result.stdout
+
+
+def test_replay_moves_events_back_with_a_fresh_history_and_a_replay_count(
+    amqp_url: str,
+) -> None:
+    _seed(amqp_url, 3)
+    result = _cli(amqp_url, "dlq", "replay", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    assert "replayed 2 event(s)" in result.stdout
+    assert len(dead_letters(amqp_url)) == 1
+    replayed = peek(amqp_url, topology.QUEUE)
+    assert len(replayed) == 2
+    for message in replayed:
+        headers = message.headers
+        assert headers["replay-count"] == 1
+        assert headers["schema_version"] == 1
+        assert headers["original-routing-key"] == topology.ROUTING_KEY
+        for cleared in ("retry-count", "attempts", "error-type", "error-message", "smtp-code"):
+            assert cleared not in headers
+        assert message.properties.delivery_mode == 2
+        assert message.properties.content_type == "application/json"
+        assert message.properties.correlation_id.startswith("corr-")
+        assert json.loads(message.body)["event_id"] == message.properties.message_id
+
+    rest = _cli(amqp_url, "dlq", "replay")
+    assert "replayed 1 event(s)" in rest.stdout
+    assert dead_letters(amqp_url) == []
+
+
+def test_purge_needs_yes(amqp_url: str) -> None:
+    _seed(amqp_url, 2)
+    refused = _cli(amqp_url, "dlq", "purge")
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "--yes" in refused.stderr
+    assert len(dead_letters(amqp_url)) == 2
+
+    purged = _cli(amqp_url, "dlq", "purge", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 2 event(s)" in purged.stdout
+    assert dead_letters(amqp_url) == []
+
+
+def test_an_event_over_the_delivery_limit_lands_in_the_dlq_and_is_listed(amqp_url: str) -> None:
+    """The broker's own dead-lettering (a worker crashing on it again and again)."""
+    event = new_event()
+    publish_event(amqp_url, event)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for _ in range(topology.DELIVERY_LIMIT + 1):
+            method, _properties, _body = channel.basic_get(topology.QUEUE)
+            assert method is not None
+            channel.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+    [row] = [
+        json.loads(line) for line in _cli(amqp_url, "dlq", "list", "--json").stdout.splitlines()
+    ]
+    assert row["event_id"] == event.event_id
+    assert row["dead_letter_reason"] == "delivery-limit"
+
+
+def test_an_unreachable_broker_is_one_clear_line_without_the_password() -> None:
+    url = f"amqp://guest:s3cret-pass@127.0.0.1:{free_port()}/%2F"
+    result = _cli(url, "dlq", "list")
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr
+    assert "s3cret-pass" not in result.stderr + result.stdout
+
+
+def test_a_bad_setting_exits_2_with_one_line() -> None:
+    result = _cli("http://not-amqp", "dlq", "list")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "email-consumer: AMQP_URL must start with amqp:// or amqps://"
+    ]

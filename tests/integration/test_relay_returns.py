@@ -1,0 +1,132 @@
+"""The relay loop: an unroutable event stays pending and is logged; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pika
+import pytest
+
+from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
+from tests.integration.test_producer_support import (
+    COMMAND,
+    closed_port_url,
+    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
+    drain_queue,
+    json_lines,
+    message_ids,
+    outbox_rows,
+    producer_env,
+    run_producer,
+    start_producer,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres]
+
+
+def _queue_event(database_url: str, username: str) -> str:
+    """Register while the broker is 'down', so only the relay can publish the event."""
+    result = run_producer(
+        "register",
+        username,
+        f"{username}@example.com",
+        env=producer_env(closed_port_url(), database_url),
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _set_binding(amqp_url: str, *, bound: bool) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        if bound:
+            channel.queue_bind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
+        else:
+            channel.queue_unbind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
+    finally:
+        connection.close()
+
+
+def test_a_returned_event_stays_pending_and_is_published_once_routable(
+    amqp_url: str, database_url: str
+) -> None:
+    env = producer_env(amqp_url, database_url, RELAY_POLL_INTERVAL_S="0.1")
+    first = _queue_event(database_url, "first")
+    relay = start_producer("relay", env=env)
+    try:
+        # The relay declared the topology and published the first event: it is running.
+        wait_until(lambda: _published(database_url, first), what="the first event")
+        _set_binding(amqp_url, bound=False)
+        lost = _queue_event(database_url, "lost")
+
+        wait_until(lambda: _attempts(database_url, lost) >= 1, what="an attempt to publish")
+        [row] = [row for row in outbox_rows(database_url) if row.event_id == lost]
+        assert row.published_at is None
+        assert "returned by the broker" in row.last_error
+        assert "NO_ROUTE" in row.last_error
+
+        _set_binding(amqp_url, bound=True)
+        wait_until(lambda: _published(database_url, lost), what="the event to be published")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        _, stderr = relay.communicate(timeout=60)
+    assert relay.returncode == 0, stderr
+    errors = [line for line in json_lines(stderr) if line["level"] == "error"]
+    assert errors
+    assert {line["event_id"] for line in errors} == {lost}
+    assert all("returned by the broker" in line["reason"] for line in errors)
+    assert lost in message_ids(drain_queue(amqp_url))
+
+
+def test_sigterm_while_the_broker_is_away_exits_0(database_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "relay.log"
+    with log.open("w") as stderr:
+        relay = subprocess.Popen(
+            [COMMAND, "relay"],
+            env=producer_env(closed_port_url(), database_url),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_until(
+            lambda: log.read_text().count("broker unavailable; retrying") >= 2, what="retries"
+        )
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
+
+    assert relay.returncode == 0, log.read_text()
+    retries = [
+        line
+        for line in json_lines(log.read_text())
+        if line["event"].startswith("broker unavailable")
+    ]
+    assert [line["attempt"] for line in retries[:2]] == [1, 2]
+    assert "guest:guest" not in log.read_text()
+
+
+def _published(database_url: str, event_id: str) -> bool:
+    return any(
+        row.event_id == event_id and row.published_at is not None
+        for row in outbox_rows(database_url)
+    )
+
+
+def _attempts(database_url: str, event_id: str) -> int:
+    return sum(row.attempts for row in outbox_rows(database_url) if row.event_id == event_id)
+
+
+def test_the_relay_publishes_in_commit_order(amqp_url: str, database_url: str) -> None:
+    queued = [_queue_event(database_url, name) for name in ("first", "second", "third", "fourth")]
+
+    result = run_producer(
+        "relay", "--once", env=producer_env(amqp_url, database_url, RELAY_BATCH_SIZE="3")
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "published 4 events; 0 failed" in result.stdout
+    assert message_ids(drain_queue(amqp_url)) == queued

@@ -1,0 +1,55 @@
+"""A worker killed mid-delivery loses nothing: the unacknowledged event goes to the next one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared import topology
+from tests.integration.test_worker_harness import (
+    WorkerProcess,
+    dead_letters,
+    new_event,
+    peek,
+    publish_event,
+    running_worker,
+    wait_until,
+    worker_environment,
+)
+from tests.support.smtp import SmtpTestServer
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def test_an_event_held_by_a_killed_worker_is_delivered_once_by_the_next(
+    amqp_url: str, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    smtp_server.stop()
+    event = new_event()
+    env = worker_environment(
+        amqp_url,
+        smtp_server.environment(),
+        tmp_path / "consumer.sqlite3",
+        RETRY_ATTEMPTS="50",
+        RETRY_MAX_TOTAL_S="60",
+    )
+    doomed = WorkerProcess(env, tmp_path / "doomed.log")
+    try:
+        doomed.wait_consuming()
+        publish_event(amqp_url, event)
+        wait_until(
+            lambda: "transient failure, retrying in process" in doomed.log(),
+            what="the doomed worker to be retrying",
+        )
+    finally:
+        doomed.process.kill()  # SIGKILL: no drain, no ack, as a crash
+        doomed.stop()
+
+    smtp_server.start()
+    with running_worker(amqp_url, smtp_server.environment(), tmp_path):
+        [email] = smtp_server.wait_for(1)
+        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+    assert email.message["X-Event-ID"] == event.event_id
+    assert len(smtp_server.messages) == 1
+    assert dead_letters(amqp_url) == []

@@ -1,0 +1,150 @@
+"""The smtplib adapter against a real SMTP server: error classes, connection reuse, TLS."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import threading
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from email_consumer.errors import SmtpRejected, SmtpTemporarilyRefused, SmtpUnavailable
+from email_consumer.settings import SmtpSettings
+from email_consumer.smtp_sender import SmtpEmailSender
+from tests.support.smtp import SmtpTestServer, free_port
+
+
+def _settings(server: SmtpTestServer, **changes: object) -> SmtpSettings:
+    values: dict[str, object] = {
+        "host": server.host,
+        "port": server.port,
+        "username": "",
+        "password": "",
+        "starttls": False,
+        "timeout_s": 5.0,
+    }
+    values.update(changes)
+    return SmtpSettings(**values)  # type: ignore[arg-type]
+
+
+def _message() -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "welcome@example.com"
+    message["To"] = "alice@example.com"
+    message["Subject"] = "hi"
+    message["X-Event-ID"] = str(uuid.uuid4())
+    message.set_content("hello")
+    return message
+
+
+def test_messages_are_delivered_over_one_reused_connection(smtp_server: SmtpTestServer) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server))
+    first = sender._connection()
+    sender.send(_message())
+    sender.send(_message())
+    assert sender._connection() is first
+    assert len(smtp_server.messages) == 2
+    sender.close()
+
+
+def test_each_thread_has_its_own_connection(smtp_server: SmtpTestServer) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server))
+    seen = []
+
+    def send() -> None:
+        sender.send(_message())
+        seen.append(id(sender._connection()))
+        sender.close()
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(smtp_server.messages) == 3
+    assert len(set(seen)) == 3
+
+
+def test_a_4xx_reply_is_transient_with_code_and_text(smtp_server: SmtpTestServer) -> None:
+    smtp_server.fail_transiently(1, "452 4.3.1 Insufficient storage")
+    sender = SmtpEmailSender(_settings(smtp_server))
+    with pytest.raises(SmtpTemporarilyRefused) as caught:
+        sender.send(_message())
+    assert caught.value.code == 452
+    assert "Insufficient storage" in caught.value.text
+    sender.send(_message())  # the next try reconnects and succeeds
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_5xx_reply_is_permanent_with_code_and_text(smtp_server: SmtpTestServer) -> None:
+    smtp_server.refuse_permanently("554 5.7.1 Rejected as spam")
+    with pytest.raises(SmtpRejected) as caught:
+        SmtpEmailSender(_settings(smtp_server)).send(_message())
+    assert caught.value.code == 554
+    assert "Rejected as spam" in caught.value.text
+
+
+def test_a_refused_connection_is_transient() -> None:
+    server = SmtpTestServer(port=free_port())  # never started
+    with pytest.raises(SmtpUnavailable):
+        SmtpEmailSender(_settings(server)).send(_message())
+
+
+def test_a_server_that_stalls_past_the_timeout_is_transient(smtp_server: SmtpTestServer) -> None:
+    smtp_server.stall(3)
+    with pytest.raises(SmtpUnavailable):
+        SmtpEmailSender(_settings(smtp_server, timeout_s=0.5)).send(_message())
+
+
+def test_a_restarted_server_is_reconnected_to(smtp_server: SmtpTestServer) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server))
+    sender.send(_message())
+    smtp_server.stop()
+    smtp_server.start()
+    sender.send(_message())  # the stale connection is noticed and replaced
+    assert len(smtp_server.messages) == 2
+
+
+def test_starttls_verifies_the_certificate(tmp_path: Path) -> None:
+    """A server whose certificate no trusted CA signed is refused, not trusted."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert, key = _self_signed(tmp_path)
+    context.load_cert_chain(cert, key)
+    server = SmtpTestServer(tls_context=context, require_starttls=True)
+    server.start()
+    try:
+        sender = SmtpEmailSender(_settings(server, starttls=True))
+        with pytest.raises(SmtpUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            sender.send(_message())
+        assert server.messages == []
+    finally:
+        server.stop()
+
+
+def _self_signed(folder: Path) -> tuple[str, str]:
+    base = folder
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)

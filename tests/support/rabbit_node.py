@@ -1,0 +1,388 @@
+"""A private RabbitMQ node for tests that stop, kill or reconfigure the broker.
+
+The shared test broker (rabbit@localhost, port 5672) must never be restarted, so a test that
+needs a broker it can SIGKILL, restart, fill up or put behind TLS starts its own node over the
+installed `rabbitmq-server`: its own node name, free AMQP and distribution ports, its own data
+folder and its own Erlang cookie. Start-up takes about five seconds.
+
+    def test_something(private_rabbit: RabbitNode) -> None:
+        url = private_rabbit.amqp_url          # amqp://guest:guest@127.0.0.1:<port>/%2F
+        private_rabbit.kill()                  # SIGKILL, as a power cut would
+        private_rabbit.start()                 # same node, same data
+        private_rabbit.rabbitmqctl("list_queues")
+
+The node runs as the `rabbitmq` user when the tests run as root (RabbitMQ's own scripts would
+switch to that user too), otherwise as the current user. Whatever happens in the test, teardown
+kills the node and removes its folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+from urllib.parse import quote
+
+import pika
+import pika.exceptions
+import pytest
+
+# The scripts behind /usr/sbin's wrappers: the wrappers `su` to rabbitmq, which resets HOME and
+# with it the cookie this node uses. The environment variables below replace what they set.
+RABBITMQ_BIN: Final = Path(os.environ.get("RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
+RABBITMQ_USER: Final = "rabbitmq"
+START_TIMEOUT_S: Final = 90.0
+STOP_TIMEOUT_S: Final = 60.0
+
+
+class RabbitNodeError(RuntimeError):
+    """The private node could not be started, stopped or administered."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for an amqps:// listener; they are copied into the node's folder."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+class RabbitNode:
+    """One private RabbitMQ node: start, stop, kill, restart keeping its data, rabbitmqctl."""
+
+    def __init__(
+        self,
+        *,
+        tls: TlsFiles | None = None,
+        definitions: Path | None = None,
+        extra_config: str = "",
+    ) -> None:
+        """`definitions`: a definitions file loaded at boot, as docker-compose's broker does
+        (then there is no `guest` user and `amqp_url` does not apply; use `url_for`)."""
+        self.name = f"test-{secrets.token_hex(6)}@localhost"
+        self.amqp_port = free_port()
+        self.dist_port = free_port()
+        self.amqps_port: int | None = free_port() if tls else None
+        self.folder = Path(tempfile.mkdtemp(prefix="rabbit-node-"))
+        self._runs_as = _node_user()
+        self._tls = tls
+        self._definitions = definitions
+        self._extra_config = extra_config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._prepare_folder()
+
+    # --- addresses ----------------------------------------------------------------------
+    @property
+    def amqp_url(self) -> str:
+        """The default vhost as guest (allowed: the tests connect over loopback)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+
+    def amqps_url(self, host: str = "localhost") -> str:
+        if self.amqps_port is None:
+            raise RabbitNodeError("this node has no TLS listener; pass tls=TlsFiles(...)")
+        return f"amqps://guest:guest@{host}:{self.amqps_port}/%2F"
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        return (
+            f"amqp://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@127.0.0.1:{self.amqp_port}/{quote(vhost, safe='')}"
+        )
+
+    # --- life cycle ---------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the node (again, with the same data) and wait until AMQP answers."""
+        if self.running:
+            return
+        output = (self.folder / "server.out").open("ab")
+        try:
+            self._process = subprocess.Popen(
+                [str(RABBITMQ_BIN / "rabbitmq-server")],
+                env=self._environment(),
+                cwd=self.folder,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so kill() reaches the shell, beam and its helpers.
+                start_new_session=True,
+                user=self._os_user,
+                group=self._os_user,
+            )
+        finally:
+            output.close()
+        self._wait_until_answering(timeout_s)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop gracefully (`rabbitmqctl stop`), killing the node if it does not go in time."""
+        if not self.running:
+            return
+        self.rabbitmqctl("stop", check=False, timeout_s=timeout_s)
+        assert self._process is not None
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole node at once (beam and its helper processes), as a crash would."""
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait(timeout=30)
+        self._process = None
+
+    def restart(self, *, graceful: bool = True) -> None:
+        """Stop (or kill) and start again; queues and persistent messages survive."""
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        self.start()
+
+    def destroy(self) -> None:
+        """Kill the node and remove its folder; safe to call more than once."""
+        self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> RabbitNode:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+    # --- administration -----------------------------------------------------------------
+    def rabbitmqctl(self, *args: str, check: bool = True, timeout_s: float = 120.0) -> str:
+        """Run `rabbitmqctl -n <this node> ARGS`; returns stdout, raises on failure if `check`."""
+        return self._cli("rabbitmqctl", *args, check=check, timeout_s=timeout_s)
+
+    def sync_metadata(self) -> None:
+        """Flush the node's Ra directories to disk now instead of within their 0.5-5 s timers.
+
+        RabbitMQ 3.10 records a new quorum queue's Ra server in DETS tables saved on a timer; a
+        node SIGKILLed before that comes back with the queue but without a leader. A test that
+        kills the node right after declaring its topology calls this first, so it tests message
+        durability and not that window (which docs/RELIABILITY.md describes).
+        """
+        self.rabbitmqctl("eval", "[ok = dets:sync(T) || T <- dets:all()], ok.")
+
+    def rabbitmq_diagnostics(self, *args: str, check: bool = True) -> str:
+        return self._cli("rabbitmq-diagnostics", *args, check=check, timeout_s=120.0)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's own output and log, for failure messages."""
+        texts = []
+        for path in [self.folder / "server.out", *sorted((self.folder / "log").glob("*.log"))]:
+            if path.exists():
+                texts.append(f"--- {path.name}\n" + "\n".join(_tail(path, lines)))
+        return "\n".join(texts)
+
+    # --- internals ----------------------------------------------------------------------
+    def _cli(self, tool: str, *args: str, check: bool, timeout_s: float) -> str:
+        try:
+            result = subprocess.run(
+                [str(RABBITMQ_BIN / tool), "-n", self.name, *args],
+                env=self._environment(),
+                cwd=self.folder,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+                user=self._os_user,
+                group=self._os_user,
+            )
+        except subprocess.TimeoutExpired:
+            raise RabbitNodeError(f"{tool} {' '.join(args)} timed out") from None
+        if check and result.returncode != 0:
+            raise RabbitNodeError(
+                f"{tool} {' '.join(args)} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result.stdout
+
+    def _prepare_folder(self) -> None:
+        home = self.folder / "home"
+        for sub in ("home", "mnesia", "log", "tls"):
+            (self.folder / sub).mkdir()
+        # A cookie of its own: a CLI command meant for this node can never reach the shared one.
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(20).upper())
+        cookie.chmod(0o400)
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        # Values from the system's rabbitmq-env.conf (its node name above all) must not apply.
+        (self.folder / "rabbitmq-env.conf").write_text("")
+        tls_config = self._install_tls_files() if self._tls else ""
+        definitions_config = ""
+        if self._definitions is not None:
+            shutil.copyfile(self._definitions, self.folder / "definitions.json")
+            definitions_config = f"load_definitions = {self.folder / 'definitions.json'}"
+        (self.folder / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    "log.console = false",
+                    "log.file.level = info",
+                    # A test node lives in /tmp, often on a nearly full disk: do not let the
+                    # default free-disk alarm block publishers for reasons the test did not set.
+                    "disk_free_limit.absolute = 1MB",
+                    tls_config,
+                    definitions_config,
+                    self._extra_config,
+                    "",
+                ]
+            )
+        )
+        self.folder.chmod(0o755)
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(self._runs_as)
+            for path in [self.folder, *self.folder.rglob("*")]:
+                os.chown(path, account.pw_uid, account.pw_gid)
+
+    def _install_tls_files(self) -> str:
+        assert self._tls is not None
+        assert self.amqps_port is not None
+        target = self.folder / "tls"
+        for source, name in (
+            (self._tls.ca_file, "ca.pem"),
+            (self._tls.cert_file, "cert.pem"),
+            (self._tls.key_file, "key.pem"),
+        ):
+            shutil.copyfile(source, target / name)
+        return "\n".join(
+            [
+                f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}",
+                f"ssl_options.cacertfile = {target / 'ca.pem'}",
+                f"ssl_options.certfile = {target / 'cert.pem'}",
+                f"ssl_options.keyfile = {target / 'key.pem'}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
+        )
+
+    def _environment(self) -> dict[str, str]:
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("RABBITMQ_", "ERL_"))
+        }
+        environment.update(
+            {
+                "HOME": str(self.folder / "home"),
+                "LC_ALL": "C.UTF-8",
+                "LANG": "C.UTF-8",
+                "RABBITMQ_CONF_ENV_FILE": str(self.folder / "rabbitmq-env.conf"),
+                "RABBITMQ_NODENAME": self.name,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.amqp_port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+                "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+                "RABBITMQ_PID_FILE": str(self.folder / "node.pid"),
+                # As the system's rabbitmq-env.conf does: epmd and distribution on loopback.
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            }
+        )
+        return environment
+
+    @property
+    def _os_user(self) -> str | None:
+        """The account to switch to before running RabbitMQ's scripts; None: stay as we are."""
+        return self._runs_as if os.geteuid() == 0 else None
+
+    def _wait_until_answering(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                self._process = None
+                raise RabbitNodeError(
+                    f"RabbitMQ node {self.name} exited during start-up:\n{self.log_tail()}"
+                )
+            if _amqp_answers(self.amqp_port):
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RabbitNodeError(
+                    f"RabbitMQ node {self.name} did not accept AMQP connections within "
+                    f"{timeout_s:.0f} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+
+
+def _node_user() -> str:
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(RABBITMQ_USER)
+        except KeyError:
+            raise RabbitNodeError("running as root but there is no `rabbitmq` user") from None
+        return RABBITMQ_USER
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _amqp_answers(port: int) -> bool:
+    parameters = pika.ConnectionParameters(
+        host="127.0.0.1",
+        port=port,
+        credentials=pika.PlainCredentials("guest", "guest"),
+        connection_attempts=1,
+        socket_timeout=2,
+        blocked_connection_timeout=5,
+    )
+    try:
+        pika.BlockingConnection(parameters).close()
+    except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
+        # Refusing guest is an AMQP answer: a node booted from definitions has no guest.
+        return True
+    except (pika.exceptions.AMQPError, OSError):
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[RabbitNode]:
+    """A started private RabbitMQ node, killed and removed after the test whatever happens."""
+    node = RabbitNode()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.destroy()

@@ -1,0 +1,207 @@
+"""The pure handler with fakes: one email per event, retries of transient errors only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from email.message import EmailMessage
+
+import pytest
+
+from email_consumer.errors import SmtpRejected, SmtpUnavailable, StoreUnavailable
+from email_consumer.handler import Outcome, WelcomeEmailHandler
+from email_consumer.ports import Claim
+from email_consumer.rendering import WelcomeRenderer
+from email_consumer.retry_policy import RetryPolicy
+from email_consumer.settings import parse_mail_from
+from shared.events import UserRegistered, new_user_registered
+
+NO_WAIT = RetryPolicy(attempts=3, initial_backoff_s=0.0, max_backoff_s=0.0, max_total_s=60)
+
+
+class FakeSender:
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.failures = list(failures or [])
+        self.sent: list[EmailMessage] = []
+        self.lock = threading.Lock()
+
+    def send(self, message: EmailMessage) -> None:
+        with self.lock:
+            if self.failures:
+                raise self.failures.pop(0)
+            self.sent.append(message)
+
+
+class FakeProcessedEvents:
+    """In memory, with the same atomic claim semantics as the SQL adapter."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[str, tuple[str, str | None, float]] = {}  # status, token, lease_until
+
+    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        with self.lock:
+            row = self.rows.get(event_id)
+            if row is None or (row[0] == "claimed" and row[2] < time.monotonic()):
+                self.rows[event_id] = ("claimed", token, time.monotonic() + lease_s)
+                return Claim.CLAIMED
+            return Claim.ALREADY_SENT if row[0] == "sent" else Claim.HELD_ELSEWHERE
+
+    def mark_sent(self, event_id: str, token: str) -> None:
+        with self.lock:
+            self.rows[event_id] = ("sent", None, 0.0)
+
+    def release(self, event_id: str, token: str) -> None:
+        with self.lock:
+            row = self.rows.get(event_id)
+            if row is not None and row[0] == "claimed" and row[1] == token:
+                del self.rows[event_id]
+
+
+def _event() -> UserRegistered:
+    return new_user_registered(
+        user_id="0b6f3c52-2f5e-4b35-8d0e-8f2b7f0b7b1a",
+        username="alice",
+        email="alice@example.com",
+        full_name=None,
+    )
+
+
+def _handler(
+    sender: FakeSender, store: FakeProcessedEvents, policy: RetryPolicy = NO_WAIT
+) -> WelcomeEmailHandler:
+    return WelcomeEmailHandler(
+        renderer=WelcomeRenderer(parse_mail_from("welcome@example.com")),
+        sender=sender,
+        processed=store,
+        policy=policy,
+        claim_lease_s=60,
+    )
+
+
+def test_an_event_is_sent_once_and_recorded() -> None:
+    sender, store = FakeSender(), FakeProcessedEvents()
+    event = _event()
+    result = _handler(sender, store).handle(event)
+    assert result.outcome is Outcome.SENT
+    assert result.attempts == 1
+    assert [m["X-Event-ID"] for m in sender.sent] == [event.event_id]
+    assert store.rows[event.event_id][0] == "sent"
+
+
+def test_a_redelivered_event_is_a_duplicate_and_sends_nothing() -> None:
+    sender, store = FakeSender(), FakeProcessedEvents()
+    handler, event = _handler(sender, store), _event()
+    handler.handle(event)
+    result = handler.handle(event)
+    assert result.outcome is Outcome.DUPLICATE
+    assert len(sender.sent) == 1
+
+
+def test_transient_errors_are_retried_in_process_until_success() -> None:
+    sender = FakeSender([SmtpUnavailable("refused"), SmtpUnavailable("refused")])
+    result = _handler(sender, FakeProcessedEvents()).handle(_event())
+    assert result.outcome is Outcome.SENT
+    assert result.attempts == 3
+    assert len(sender.sent) == 1
+
+
+def test_transient_errors_beyond_the_attempts_fail_and_free_the_claim() -> None:
+    sender = FakeSender([SmtpUnavailable("refused")] * 3)
+    store = FakeProcessedEvents()
+    event = _event()
+    result = _handler(sender, store).handle(event)
+    assert result.outcome is Outcome.FAILED
+    assert result.attempts == 3
+    assert isinstance(result.error, SmtpUnavailable)
+    assert not result.permanent
+    assert event.event_id not in store.rows, "a later retry must be able to claim it at once"
+
+
+def test_a_permanent_error_is_not_retried() -> None:
+    sender = FakeSender([SmtpRejected(550, "no such user")])
+    result = _handler(sender, FakeProcessedEvents()).handle(_event())
+    assert result.outcome is Outcome.FAILED
+    assert result.attempts == 1
+    assert result.permanent
+    assert sender.sent == []
+
+
+def test_an_event_held_by_another_delivery_is_retried_then_seen_as_sent() -> None:
+    sender, store = FakeSender(), FakeProcessedEvents()
+    event = _event()
+    assert store.claim(event.event_id, "other-worker", 60) is Claim.CLAIMED
+
+    class FinishingStore(FakeProcessedEvents):
+        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+            answer = store.claim(event_id, token, lease_s)
+            store.mark_sent(event_id, "other-worker")  # the other delivery finishes meanwhile
+            return answer
+
+    result = _handler(sender, FinishingStore()).handle(event)
+    assert result.outcome is Outcome.DUPLICATE
+    assert result.attempts == 2
+    assert sender.sent == []
+
+
+def test_two_concurrent_deliveries_of_one_event_send_one_email() -> None:
+    store = FakeProcessedEvents()
+    event = _event()
+    gate = threading.Barrier(2)
+
+    class SlowSender(FakeSender):
+        def send(self, message: EmailMessage) -> None:
+            time.sleep(0.05)
+            super().send(message)
+
+    sender = SlowSender()
+    policy = RetryPolicy(attempts=50, initial_backoff_s=0.01, max_backoff_s=0.02, max_total_s=30)
+    results = []
+
+    def deliver() -> None:
+        gate.wait()
+        results.append(_handler(sender, store, policy).handle(event))
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.outcome.value for r in results) == ["duplicate", "sent"]
+    assert len(sender.sent) == 1
+
+
+def test_a_store_outage_is_a_transient_failure() -> None:
+    class DownStore(FakeProcessedEvents):
+        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+            raise StoreUnavailable("database down")
+
+    sender = FakeSender()
+    result = _handler(sender, DownStore()).handle(_event())
+    assert result.outcome is Outcome.FAILED
+    assert isinstance(result.error, StoreUnavailable)
+    assert sender.sent == []
+
+
+def test_shutting_down_stops_in_process_retries() -> None:
+    stopping = threading.Event()
+    stopping.set()
+    sender = FakeSender([SmtpUnavailable("refused")] * 10)
+    handler = WelcomeEmailHandler(
+        renderer=WelcomeRenderer(parse_mail_from("welcome@example.com")),
+        sender=sender,
+        processed=FakeProcessedEvents(),
+        policy=RetryPolicy(attempts=10, initial_backoff_s=5, max_backoff_s=5, max_total_s=60),
+        claim_lease_s=60,
+        stopping=stopping,
+    )
+    result = handler.handle(_event())
+    assert result.outcome is Outcome.FAILED
+    assert result.attempts == 1
+
+
+@pytest.mark.parametrize("error", [SmtpRejected(554, "spam"), SmtpUnavailable("timeout")])
+def test_failures_carry_the_error(error: Exception) -> None:
+    result = _handler(FakeSender([error] * 5), FakeProcessedEvents()).handle(_event())
+    assert result.error is not None
+    assert type(result.error) is type(error)

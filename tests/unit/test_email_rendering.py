@@ -1,0 +1,110 @@
+"""The welcome email: headers built safely, user values escaped in HTML, plain text intact."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from email_consumer.errors import UndeliverableMessage
+from email_consumer.rendering import WelcomeRenderer
+from email_consumer.settings import parse_mail_from
+from shared.events import UserRegistered, new_user_registered
+
+EVENT_ID = "6f1c0c3e-8a8e-4d55-9a39-3f7f4b8a2c11"
+
+
+def _event(
+    username: str = "alice",
+    email_address: str = "alice@example.com",
+    full_name: str | None = "Alice Liddell",
+) -> UserRegistered:
+    return new_user_registered(
+        user_id="0b6f3c52-2f5e-4b35-8d0e-8f2b7f0b7b1a",
+        username=username,
+        email=email_address,
+        full_name=full_name,
+        event_id=EVENT_ID,
+    )
+
+
+@pytest.fixture(scope="module")
+def renderer() -> WelcomeRenderer:
+    return WelcomeRenderer(parse_mail_from("Example <welcome@example.com>"))
+
+
+def _parts(message: email.message.EmailMessage) -> tuple[str, str]:
+    plain = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert plain is not None
+    assert html is not None
+    return plain.get_content(), html.get_content()
+
+
+def test_headers_follow_the_contract(renderer: WelcomeRenderer) -> None:
+    message = renderer.render(_event())
+    assert message["To"] == "Alice Liddell <alice@example.com>"
+    assert message["From"] == "Example <welcome@example.com>"
+    assert message["Subject"] == "Welcome, Alice Liddell!"
+    assert message["Message-ID"] == f"<{EVENT_ID}@example.com>"
+    assert message["X-Event-ID"] == EVENT_ID
+
+
+def test_without_a_full_name_the_username_is_greeted(renderer: WelcomeRenderer) -> None:
+    message = renderer.render(_event(full_name=None))
+    assert message["To"] == "alice@example.com"
+    assert message["Subject"] == "Welcome, alice!"
+
+
+def test_html_escapes_user_values_and_plain_text_keeps_them(renderer: WelcomeRenderer) -> None:
+    name = '<script>alert("x")</script> & Co'
+    plain, html = _parts(renderer.render(_event(full_name=name)))
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "&amp; Co" in html
+    assert name in plain
+
+
+def test_a_name_shaped_like_headers_stays_inside_the_to_header(renderer: WelcomeRenderer) -> None:
+    name = 'Eve" <eve@evil.example>, Bcc: victim@example.com'
+    message = renderer.render(_event(full_name=name))
+    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert reparsed["Bcc"] is None
+    assert reparsed["To"].addresses[0].addr_spec == "alice@example.com"
+    assert reparsed["To"].addresses[0].display_name == name
+    assert len(reparsed["To"].addresses) == 1
+
+
+def test_an_address_the_envelope_cannot_carry_is_a_permanent_error(
+    renderer: WelcomeRenderer,
+) -> None:
+    with pytest.raises(UndeliverableMessage):
+        renderer.render(_event(email_address="zoë@example.com"))
+
+
+def test_non_ascii_names_are_encoded_not_dropped(renderer: WelcomeRenderer) -> None:
+    message = renderer.render(_event(full_name="Zoë Ünïcode"))
+    raw = message.as_bytes()
+    assert raw.isascii()
+    reparsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert reparsed["Subject"] == "Welcome, Zoë Ünïcode!"
+
+
+_printable_name = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=60
+)
+
+
+@given(name=_printable_name)
+def test_no_full_name_adds_or_changes_a_header(name: str) -> None:
+    renderer = WelcomeRenderer(parse_mail_from("Example <welcome@example.com>"))
+    message = renderer.render(_event(full_name=name))
+    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert sorted(reparsed.keys()) == sorted(
+        ["To", "From", "Subject", "Message-ID", "X-Event-ID", "MIME-Version", "Content-Type"]
+    )
+    assert [a.addr_spec for a in reparsed["To"].addresses] == ["alice@example.com"]
+    assert reparsed["X-Event-ID"] == EVENT_ID

@@ -1,0 +1,305 @@
+"""The relay's and the registration's core logic, with in-memory fakes for storage and broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from producer_service.ports import (
+    DatabaseUnavailable,
+    DuplicateUser,
+    NewUser,
+    OutboxMessage,
+    PublishOutcome,
+)
+from producer_service.registration import RegisterUser
+from producer_service.relay import OutboxRelay
+from producer_service.settings import RelaySettings
+from producer_service.validation import ValidationError
+from shared.errors import TransientError
+from shared.events import parse_user_registered
+
+SETTINGS = RelaySettings(batch_size=3, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
+
+
+@dataclass
+class FakeRow:
+    message: OutboxMessage
+    published_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class FakeBatch:
+    messages: Sequence[OutboxMessage]
+    published: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def mark_published(self, event_ids: Sequence[str]) -> None:
+        self.published.extend(event_ids)
+
+    def mark_failed(self, failures: Mapping[str, str]) -> None:
+        self.failed.update(failures)
+
+
+class FakeOutbox:
+    def __init__(self, count: int) -> None:
+        self.rows = [FakeRow(_message(number)) for number in range(1, count + 1)]
+        self.deleted_before: list[datetime] = []
+
+    @contextmanager
+    def claim_pending(
+        self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+    ) -> Iterator[FakeBatch]:
+        pending = [
+            row.message
+            for row in self.rows
+            if row.published_at is None
+            and row.message.id > after_id
+            and (event_ids is None or row.message.event_id in event_ids)
+        ]
+        batch = FakeBatch(pending[:limit])
+        yield batch
+        # Like the real store: the marks are written only when the block ends normally.
+        by_id = {row.message.event_id: row for row in self.rows}
+        for event_id in batch.published:
+            by_id[event_id].published_at = datetime.now(UTC)
+        for event_id, error in batch.failed.items():
+            by_id[event_id].attempts += 1
+            by_id[event_id].last_error = error
+
+    def delete_published_before(self, cutoff: datetime) -> int:
+        self.deleted_before.append(cutoff)
+        return 0
+
+    def count_published(self, event_ids: Sequence[str]) -> int:
+        return sum(1 for row in self.rows if row.published_at and row.message.event_id in event_ids)
+
+    def pending(self) -> list[int]:
+        return [row.message.id for row in self.rows if row.published_at is None]
+
+
+class FakePublisher:
+    def __init__(
+        self, *, unroutable: set[int] | None = None, lose_connection_after: int | None = None
+    ) -> None:
+        self.unroutable = unroutable or set()
+        self.lose_connection_after = lose_connection_after
+        self.sent: list[int] = []
+        self.is_open = True
+        self.on_publish: list[threading.Event] = []
+
+    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        published, failed = set(), {}
+        for message in messages:
+            if (
+                self.lose_connection_after is not None
+                and len(self.sent) >= self.lose_connection_after
+            ):
+                failed[message.event_id] = "connection lost"
+                self.is_open = False
+                continue
+            self.sent.append(message.id)
+            if message.id in self.unroutable:
+                failed[message.event_id] = "returned by the broker: 312 NO_ROUTE"
+            else:
+                published.add(message.event_id)
+        for event in self.on_publish:
+            event.set()
+        return PublishOutcome(frozenset(published), failed, connection_lost=not self.is_open)
+
+    def idle(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+def _message(number: int) -> OutboxMessage:
+    return OutboxMessage(
+        id=number,
+        event_id=f"event-{number}",
+        event_type="user_registered",
+        routing_key="user.registered",
+        body=b"{}",
+        correlation_id=f"correlation-{number}",
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_pending_events_are_published_in_id_order_in_batches_and_marked() -> None:
+    outbox, publisher = FakeOutbox(7), FakePublisher()
+
+    totals = OutboxRelay(outbox, lambda: publisher, SETTINGS).run_once()
+
+    assert publisher.sent == [1, 2, 3, 4, 5, 6, 7]
+    assert outbox.pending() == []
+    assert (totals.published, totals.failed) == (7, 0)
+
+
+def test_a_returned_event_stays_pending_without_holding_back_the_rest() -> None:
+    outbox, publisher = FakeOutbox(5), FakePublisher(unroutable={2})
+    relay = OutboxRelay(outbox, lambda: publisher, SETTINGS)
+
+    assert relay.publish_pending(publisher) == (4, 1)
+
+    assert outbox.pending() == [2]
+    [returned] = [row for row in outbox.rows if row.message.id == 2]
+    assert returned.attempts == 1
+    assert returned.last_error is not None
+    assert "NO_ROUTE" in returned.last_error
+    # The next pass tries it again.
+    publisher.unroutable.clear()
+    assert relay.publish_pending(publisher) == (1, 0)
+    assert outbox.pending() == []
+
+
+def test_a_lost_connection_keeps_unconfirmed_events_and_asks_for_a_reconnect() -> None:
+    outbox, publisher = FakeOutbox(6), FakePublisher(lose_connection_after=4)
+    relay = OutboxRelay(outbox, lambda: publisher, SETTINGS)
+
+    with pytest.raises(TransientError):
+        relay.publish_pending(publisher)
+
+    assert outbox.pending() == [5, 6]
+
+
+def test_nothing_is_marked_when_publishing_raises() -> None:
+    class ExplodingPublisher(FakePublisher):
+        def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+            raise RuntimeError("boom")
+
+    outbox = FakeOutbox(2)
+    publisher = ExplodingPublisher()
+
+    with pytest.raises(RuntimeError):
+        OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(publisher)
+
+    assert outbox.pending() == [1, 2]
+
+
+def test_publish_events_publishes_only_the_named_events() -> None:
+    outbox, publisher = FakeOutbox(3), FakePublisher()
+
+    published = OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_events(
+        publisher, ["event-2"]
+    )
+
+    assert published == {"event-2"}
+    assert outbox.pending() == [1, 3]
+
+
+def test_run_forever_publishes_until_a_stop_is_requested() -> None:
+    outbox, publisher = FakeOutbox(4), FakePublisher()
+    stop = threading.Event()
+    publisher.on_publish.append(stop)
+    relay = OutboxRelay(outbox, lambda: publisher, SETTINGS, stop=stop)
+
+    totals = relay.run_forever()
+
+    assert stop.is_set()
+    assert totals.published >= 3  # at least the first batch, then it stopped
+    assert not publisher.is_open  # closed on the way out
+
+
+def test_run_forever_reconnects_after_a_lost_connection() -> None:
+    outbox = FakeOutbox(6)
+    publishers = [FakePublisher(lose_connection_after=2), FakePublisher()]
+    stop = threading.Event()
+    publishers[1].on_publish.append(stop)
+    connect = iter(publishers).__next__
+    relay = OutboxRelay(outbox, connect, RelaySettings(50, 0.01, 3600, 5), stop=stop)
+
+    relay.run_forever()
+
+    assert publishers[0].sent == [1, 2]
+    assert publishers[1].sent == [3, 4, 5, 6]
+    assert outbox.pending() == []
+
+
+def test_the_sweep_deletes_rows_older_than_the_retention() -> None:
+    outbox = FakeOutbox(0)
+    before = datetime.now(UTC)
+
+    OutboxRelay(outbox, FakePublisher, SETTINGS).sweep()
+
+    [cutoff] = outbox.deleted_before
+    assert before - timedelta(seconds=3600) <= cutoff <= datetime.now(UTC) - timedelta(seconds=3600)
+
+
+class FakeRegistrationStore:
+    def __init__(self, *, duplicate: bool = False) -> None:
+        self.duplicate = duplicate
+        self.stored: list[tuple[NewUser, OutboxMessage]] = []
+
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+        if self.duplicate:
+            raise DuplicateUser(f"username {user.username!r} is already registered")
+        self.stored.append((user, message))
+        return len(self.stored)
+
+
+def test_registration_stores_the_user_with_a_contract_event() -> None:
+    store = FakeRegistrationStore()
+    register = RegisterUser(store, routing_key="user.registered")
+
+    registration = register("alice", "alice@EXAMPLE.com", "Alice", correlation_id="c-1")
+
+    [(user, message)] = store.stored
+    event = parse_user_registered(message.body)
+    assert event.event_id == registration.event_id == message.event_id
+    assert event.data.user_id == user.user_id == registration.user_id
+    assert (event.data.username, event.data.email, event.data.full_name) == (
+        "alice",
+        "alice@example.com",
+        "Alice",
+    )
+    assert message.routing_key == "user.registered"
+    assert message.correlation_id == "c-1"
+    assert message.headers == {"schema_version": 1}
+
+
+def test_registration_stores_nothing_for_invalid_input() -> None:
+    store = FakeRegistrationStore()
+
+    with pytest.raises(ValidationError):
+        RegisterUser(store, routing_key="user.registered")("a", "alice@example.com")
+
+    assert store.stored == []
+
+
+def test_registration_passes_a_conflict_on() -> None:
+    register = RegisterUser(FakeRegistrationStore(duplicate=True), routing_key="user.registered")
+
+    with pytest.raises(DuplicateUser, match="already registered"):
+        register("alice", "alice@example.com")
+
+
+def test_run_forever_waits_out_a_database_outage() -> None:
+    class FlakyOutbox(FakeOutbox):
+        failures = 1
+
+        @contextmanager
+        def claim_pending(
+            self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+        ) -> Iterator[FakeBatch]:
+            if self.failures:
+                self.failures -= 1
+                raise DatabaseUnavailable("database unavailable (OperationalError)")
+            with super().claim_pending(after_id=after_id, limit=limit, event_ids=event_ids) as b:
+                yield b
+
+    outbox, publisher = FlakyOutbox(2), FakePublisher()
+    stop = threading.Event()
+    publisher.on_publish.append(stop)
+
+    OutboxRelay(outbox, lambda: publisher, SETTINGS, stop=stop).run_forever()
+
+    assert outbox.pending() == []

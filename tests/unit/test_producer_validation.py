@@ -1,0 +1,125 @@
+"""Registration input rules: what is accepted, how it is stored, and one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from producer_service.validation import (
+    ValidationError,
+    email_key,
+    username_key,
+    validate_email_address,
+    validate_full_name,
+    validate_registration,
+    validate_username,
+)
+
+
+@pytest.mark.parametrize("username", ["abc", "Alice", "a.b-c_d", "0day", "x" * 32, "Bob_99"])
+def test_valid_usernames_are_kept_as_typed(username: str) -> None:
+    assert validate_username(username) == username
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "",
+        "ab",
+        "x" * 33,
+        "_alice",
+        ".alice",
+        "-alice",
+        "al ice",
+        "alice!",
+        "ålice",
+        "\u0430lice",  # Cyrillic a
+        "a\nb",
+    ],
+)
+def test_invalid_usernames_are_refused_naming_the_rule(username: str) -> None:
+    with pytest.raises(ValidationError, match="3-32 characters"):
+        validate_username(username)
+
+
+def test_usernames_compare_without_case() -> None:
+    assert username_key("Alice") == username_key("aLICE") == "alice"
+
+
+def test_email_domain_is_normalised_and_keys_ignore_case() -> None:
+    assert validate_email_address("Alice@EXAMPLE.Com") == "Alice@example.com"
+    assert email_key("Alice@example.com") == email_key("alice@EXAMPLE.com")
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "alice",
+        "alice@",
+        "@example.com",
+        "alice@@example.com",
+        "alice@example.com\r\nBcc: x@example.com",
+        "Alice <alice@example.com>",
+        '"a b"@example.com',
+        "alice@localhost",
+    ],
+)
+def test_invalid_emails_are_refused(email: str) -> None:
+    with pytest.raises(ValidationError, match="invalid email address"):
+        validate_email_address(email)
+
+
+def test_email_check_needs_no_dns() -> None:
+    # A domain that cannot exist in DNS is still syntactically fine: no network is consulted.
+    assert validate_email_address("a@no-such-domain-for-tests.example") == (
+        "a@no-such-domain-for-tests.example"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given_name", "stored"),
+    [
+        (None, None),
+        ("", None),
+        ("   ", None),
+        ("  Alice Liddell ", "Alice Liddell"),
+        ("Zoë", "Zoë"),
+    ],
+)
+def test_full_name_is_optional_and_trimmed(given_name: str | None, stored: str | None) -> None:
+    assert validate_full_name(given_name) == stored
+
+
+@pytest.mark.parametrize("name", ["Alice\nBcc: x", "A\x00B", "A\x7fB", "A\u2028B", "x" * 201])
+def test_full_name_with_control_characters_or_too_long_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="full name"):
+        validate_full_name(name)
+
+
+def test_a_full_name_of_200_characters_is_accepted() -> None:
+    assert validate_full_name("x" * 200) == "x" * 200
+
+
+def test_validate_registration_checks_every_field() -> None:
+    valid = validate_registration("alice", "alice@Example.com", " Alice ")
+    assert (valid.username, valid.email, valid.full_name) == ("alice", "alice@example.com", "Alice")
+
+
+def _refusal(check: Callable[[str], object], text: str) -> str:
+    try:
+        check(text)
+    except ValidationError as error:
+        return str(error)
+    return ""
+
+
+@given(st.text(max_size=80))
+def test_any_refusal_is_a_single_line(text: str) -> None:
+    for check in (validate_username, validate_email_address, validate_full_name):
+        message = _refusal(check, text)
+        assert "\n" not in message
+        assert "\r" not in message
