@@ -13,9 +13,14 @@ from email_consumer.rendering import WelcomeRenderer
 from email_consumer.settings import ConsumerSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from email_consumer.worker import Worker
-from shared.logging import configure_logging
+from shared.amqp import connection_parameters
+from shared.logging import configure_logging, get_logger
 
 SERVICE = "email_consumer"
+# How often the worker deletes processed-event records older than their retention.
+HOUSEKEEPING_INTERVAL_S = 3600.0
+
+_log = get_logger(__name__)
 
 
 def set_up_logging(settings: ConsumerSettings) -> None:
@@ -30,8 +35,18 @@ class WorkerApp:
     sender: SmtpEmailSender
 
 
+def check_broker_settings(settings: ConsumerSettings) -> None:
+    """Build the AMQP parameters (and TLS context) once, before anything else is opened.
+
+    A malformed URL or an unloadable TLS file raises `ConfigError` here, at start-up, rather
+    than on every reconnection attempt of a worker that would never connect.
+    """
+    connection_parameters(settings.broker)
+
+
 def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> WorkerApp:
     """Everything `email-consumer run` needs, wired together."""
+    check_broker_settings(settings)
     processed = SqlProcessedEvents.open(settings.database_url)
     sender = SmtpEmailSender(settings.smtp)
     metrics = WorkerMetrics()
@@ -50,9 +65,17 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
         handler=handler,
         metrics=metrics,
         stopping=stopping,
+        housekeeping=lambda: forget_old_events(processed, settings.worker.processed_retention_s),
+        housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
     )
     return WorkerApp(worker=worker, metrics=metrics, processed=processed, sender=sender)
 
 
+def forget_old_events(processed: SqlProcessedEvents, retention_s: float) -> None:
+    deleted = processed.forget_older_than(retention_s)
+    _log.info("old processed-event records deleted", count=deleted, retention_s=retention_s)
+
+
 def build_dead_letter_queue(settings: ConsumerSettings) -> DeadLetterQueue:
+    check_broker_settings(settings)
     return DeadLetterQueue(settings.broker, settings.retry.broker_delays_s)

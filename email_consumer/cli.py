@@ -24,6 +24,7 @@ from shared.settings import Environment
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
+DEFAULT_LIST_LIMIT = 100
 
 _log = get_logger(__name__)
 
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransientError as error:
         print(f"email-consumer: {error}", file=sys.stderr)
         return EXIT_UNEXPECTED
+    except Exception as error:  # noqa: BLE001 - the last resort: log it, exit 1, one line
+        _log.exception("unexpected error")
+        print(f"email-consumer: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     listing = dlq_commands.add_parser(
         "list", help="show dead-lettered events (error, attempts, time) without removing them"
     )
-    listing.add_argument("--limit", type=_positive, default=None, help="at most N events")
+    # Listed events are held unacknowledged on one channel while listed: bounded by default.
+    listing.add_argument(
+        "--limit",
+        type=_positive,
+        default=DEFAULT_LIST_LIMIT,
+        help=f"at most N events (default {DEFAULT_LIST_LIMIT})",
+    )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     replay = dlq_commands.add_parser(
         "replay", help="send dead-lettered events back to the worker, without loss"
@@ -93,10 +104,11 @@ def _run(settings: ConsumerSettings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     app = bootstrap.build_worker(settings, stopping)
-    app.metrics.serve(settings.metrics_port)
     try:
+        app.metrics.serve(settings.metrics_port, settings.metrics_address)
         app.worker.run()
     finally:
+        app.sender.close_all()
         app.processed.dispose()
     return EXIT_OK
 

@@ -22,6 +22,7 @@ import pika
 import pika.exceptions
 
 from email_consumer import failure_headers as fh
+from email_consumer.connections import close_quietly
 from shared import topology
 from shared.amqp import open_connection
 from shared.settings import BrokerSettings
@@ -87,8 +88,8 @@ class DeadLetterQueue:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._connection is not None and self._connection.is_open:
-            self._connection.close()
+        if self._connection is not None:
+            close_quietly(self._connection)
 
     def count(self) -> int:
         with self._channel() as channel:

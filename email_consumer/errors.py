@@ -31,8 +31,15 @@ class SmtpUnavailable(TransientError):
     """The mail server could not be reached, dropped the connection or timed out."""
 
 
-class SmtpMisconfigured(PermanentError):
-    """The server lacks something the configuration requires (for example STARTTLS)."""
+class SmtpSessionRefused(TransientError):
+    """The SMTP session could not be opened: greeting refused, STARTTLS missing or failed,
+    login refused, or a required extension missing.
+
+    Transient on purpose, although it is usually a configuration problem (a wrong
+    SMTP_PASSWORD, STARTTLS against a server without it): it concerns every message alike, so
+    dead-lettering each event in turn would empty the whole queue into the DLQ. Retried instead,
+    in process and then through the retry queues, until an operator fixes the configuration.
+    """
 
 
 class UndeliverableMessage(PermanentError):

@@ -38,6 +38,11 @@ REPLAY_COUNT: Final = "replay-count"
 # from bloating every copy of the message.
 ERROR_MESSAGE_BUDGET_BYTES: Final = 1024
 
+# Counters arrive from the wire and go back onto it: a crafted 2**63-1 plus one would no longer
+# fit AMQP's signed 64-bit field, and pika would fail to encode the copy. A 32-bit bound is far
+# above any real count.
+MAX_COUNTER: Final = 2**31 - 1
+
 # Set on a failure, removed again by a replay (which starts the event's history afresh apart
 # from its replay count). `x-death` and friends are the broker's own dead-lettering records.
 _FAILURE_STATE: Final = (
@@ -70,13 +75,21 @@ def cut_to_bytes(text: str, budget: int = ERROR_MESSAGE_BUDGET_BYTES) -> str:
 
 
 def as_int(headers: Mapping[str, Any], name: str) -> int:
+    """A counter header as 0..`MAX_COUNTER`; absent, negative or not a number reads as 0."""
     value = headers.get(name)
     if isinstance(value, bytes):
         value = value.decode("ascii", "ignore")
-    try:
-        return max(int(value), 0) if value is not None else 0
-    except (TypeError, ValueError):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         return 0
+    try:
+        return clamp_counter(int(value))
+    except ValueError:
+        return 0
+
+
+def clamp_counter(value: int) -> int:
+    """`value` within 0..`MAX_COUNTER`."""
+    return min(max(value, 0), MAX_COUNTER)
 
 
 def as_text(headers: Mapping[str, Any], name: str) -> str | None:
@@ -101,8 +114,8 @@ def after_failure(
     previous = dict(headers or {})
     updated = dict(previous)
     stamp = now.isoformat()
-    updated[ATTEMPTS] = as_int(previous, ATTEMPTS) + attempts
-    updated[RETRY_COUNT] = as_int(previous, RETRY_COUNT) + (1 if delayed_retry else 0)
+    updated[ATTEMPTS] = clamp_counter(as_int(previous, ATTEMPTS) + attempts)
+    updated[RETRY_COUNT] = clamp_counter(as_int(previous, RETRY_COUNT) + int(delayed_retry))
     updated[FIRST_FAILURE_AT] = as_text(previous, FIRST_FAILURE_AT) or stamp
     updated[LAST_FAILURE_AT] = stamp
     updated[ERROR_TYPE] = type(error).__name__
@@ -124,5 +137,5 @@ def after_failure(
 def for_replay(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The headers of an event sent back by `dlq replay`: history cleared, replay counted."""
     replayed = {k: v for k, v in (headers or {}).items() if k not in _FAILURE_STATE}
-    replayed[REPLAY_COUNT] = as_int(headers or {}, REPLAY_COUNT) + 1
+    replayed[REPLAY_COUNT] = clamp_counter(as_int(headers or {}, REPLAY_COUNT) + 1)
     return replayed

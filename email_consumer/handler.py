@@ -8,6 +8,9 @@ at the same moment (published twice, or redelivered while the first delivery sti
 would pass a check-then-send. The claim is one atomic write; the loser sees HELD_ELSEWHERE and
 looks again later, when the winner has marked the event sent. The lease frees an event whose
 worker died mid-send, so it is never stuck.
+
+Claim and send are retried together; marking the event sent is retried on its own, after the
+send, so a store blip at that moment can never lead to a second claim and a second email.
 """
 
 from __future__ import annotations
@@ -74,23 +77,31 @@ class WelcomeEmailHandler:
     def handle(self, event: UserRegistered) -> HandlingResult:
         """Send the email unless already sent; failures are returned, never raised."""
         attempts = 0
+        token: str | None = None
         try:
             message = self._renderer.render(event)
             retrying = self._policy.in_process(before_sleep=_log_retry, stopping=self._stopping)
             for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    outcome = self._send_once(event, message)
+                    token = self._claim_and_send(event, message)
         except ServiceError as error:
             return HandlingResult(Outcome.FAILED, max(attempts, 1), error)
-        return HandlingResult(outcome, attempts)
+        if token is None:
+            return HandlingResult(Outcome.DUPLICATE, attempts)
+        # The email went out: from here on nothing may claim or send again in this handling,
+        # whatever the store says. A retry of the loop above would find our own claim
+        # (HELD_ELSEWHERE) and, once the lease ran out, send a second email.
+        self._record_sent(event.event_id, token)
+        return HandlingResult(Outcome.SENT, attempts)
 
-    def _send_once(self, event: UserRegistered, message: EmailMessage) -> Outcome:
+    def _claim_and_send(self, event: UserRegistered, message: EmailMessage) -> str | None:
+        """The claim token once the email was sent; None when it had been sent before."""
         token = self._new_token()
         claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
         if claim is Claim.ALREADY_SENT:
             _log.info("email already sent for this event; not sending again")
-            return Outcome.DUPLICATE
+            return None
         if claim is Claim.HELD_ELSEWHERE:
             raise EventBusy("another delivery of this event is being processed")
         try:
@@ -98,11 +109,29 @@ class WelcomeEmailHandler:
         except BaseException:
             self._release_quietly(event.event_id, token)
             raise
-        # A failure here after a successful send is the one window for a second email: the
-        # claim then expires after its lease and a redelivery sends again (at-least-once).
-        self._processed.mark_sent(event.event_id, token)
         _log.info("welcome email sent")
-        return Outcome.SENT
+        return token
+
+    def _record_sent(self, event_id: str, token: str) -> None:
+        """Mark the event sent, retrying a store blip well inside the claim's lease.
+
+        If the store stays down, the delivery is still acknowledged (the email went out); the
+        claim then runs out after its lease and only a redelivery of the same event could send
+        a second email, the one window left for a duplicate (at-least-once).
+        """
+        retrying = self._policy.in_process(
+            before_sleep=_log_retry, max_total_s=self._claim_lease_s / 2
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._processed.mark_sent(event_id, token)
+        except ServiceError as error:
+            _log.error(
+                "email sent but not recorded as sent; acknowledging anyway",
+                error_type=type(error).__name__,
+                error=str(error),
+            )
 
     def _release_quietly(self, event_id: str, token: str) -> None:
         try:

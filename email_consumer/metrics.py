@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker, served on METRICS_PORT (0 turns the endpoint off).
+"""Prometheus metrics of the worker, served on METRICS_ADDRESS:METRICS_PORT (port 0: off).
 
 The metrics live in their own registry, built by the composition root, so nothing is global and
 tests can build as many as they like.
@@ -51,7 +51,7 @@ class WorkerMetrics:
         latency = (datetime.now(UTC) - occurred_at).total_seconds()
         self._latency.observe(max(latency, 0.0))
 
-    def serve(self, port: int) -> None:
-        """Start the HTTP endpoint in a daemon thread, when `port` is not 0."""
+    def serve(self, port: int, address: str) -> None:
+        """Start the HTTP endpoint on `address`:`port` in a daemon thread, when `port` is not 0."""
         if port:
-            prom.start_http_server(port, registry=self.registry)
+            prom.start_http_server(port, addr=address, registry=self.registry)

@@ -49,7 +49,7 @@ class SqlProcessedEvents:
         self._clock = clock
 
     @classmethod
-    def open(cls, url: str) -> SqlProcessedEvents:
+    def open(cls, url: str, clock: Callable[[], float] = time.time) -> SqlProcessedEvents:
         """Connect and bring the schema up to date; `StoreUnavailable` if the database is not."""
         engine = create_database_engine(url)
         try:
@@ -60,7 +60,7 @@ class SqlProcessedEvents:
             raise StoreUnavailable(
                 f"processed-events database unavailable: {type(error).__name__}"
             ) from None
-        return cls(engine)
+        return cls(engine, clock)
 
     def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
         now = self._clock()
@@ -134,6 +134,29 @@ class SqlProcessedEvents:
                 )
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+
+    def forget_older_than(self, age_s: float) -> int:
+        """Delete records older than `age_s` seconds; returns how many went.
+
+        Sent records by their send time, and claims whose lease ended that long ago (their
+        worker died and no redelivery came back). A redelivery older than the retention could
+        then send again, so the retention must outlast every retry and replay window.
+        """
+        table = processed_events
+        cutoff = self._clock() - age_s
+        try:
+            with self._engine.begin() as connection:
+                deleted = connection.execute(
+                    table.delete().where(
+                        sa.or_(
+                            sa.and_(table.c.status == _SENT, table.c.sent_at < cutoff),
+                            sa.and_(table.c.status == _CLAIMED, table.c.lease_until < cutoff),
+                        )
+                    )
+                ).rowcount
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+        return int(deleted)
 
     def is_sent(self, event_id: str) -> bool:
         """For operators and tests: whether the event's email is recorded as sent."""

@@ -45,9 +45,16 @@ class RetryLater:
     counts_as_retry: bool = True
 
 
+# The `dead-letter-reason` header values (failure_headers.py); `malformed` is decided before
+# the policy is asked.
+PERMANENT = "permanent"
+RETRIES_EXHAUSTED = "retries-exhausted"
+MALFORMED = "malformed"
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """Move the event to the dead-letter queue."""
+    """Move the event to the dead-letter queue, saying why (`PERMANENT`, `RETRIES_EXHAUSTED`)."""
 
     reason: str
 
@@ -68,15 +75,18 @@ class RetryPolicy:
         *,
         before_sleep: RetryLogger | None = None,
         stopping: threading.Event | None = None,
+        max_total_s: float | None = None,
     ) -> tenacity.Retrying:
         """A tenacity controller retrying `TransientError` only, re-raising the last error.
 
         When `stopping` is set (the worker shuts down), no further attempt starts and a running
-        backoff ends early, so shut-down is not held up by a retry schedule.
+        backoff ends early, so shut-down is not held up by a retry schedule. `max_total_s`
+        narrows the policy's time budget (never widens it).
         """
+        budget_s = self.max_total_s if max_total_s is None else min(max_total_s, self.max_total_s)
         stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(
             self.attempts
-        ) | tenacity.stop_after_delay(self.max_total_s)
+        ) | tenacity.stop_after_delay(budget_s)
         sleep: Callable[[float], None] = tenacity.nap.sleep
         if stopping is not None:
             stop = stop | _stop_when_set(stopping)
@@ -105,12 +115,12 @@ class RetryPolicy:
         retry; dead-lettering it would be wrong.
         """
         if permanent:
-            return DeadLetter("permanent error")
+            return DeadLetter(PERMANENT)
         if busy and self.broker_delays_s:
             return RetryLater(self.broker_delays_s[0], counts_as_retry=False)
         if broker_retries_done < len(self.broker_delays_s):
             return RetryLater(self.broker_delays_s[broker_retries_done])
-        return DeadLetter(f"still failing after {len(self.broker_delays_s)} delayed retries")
+        return DeadLetter(RETRIES_EXHAUSTED)
 
 
 def _stop_when_set(stopping: threading.Event) -> tenacity.stop.stop_base:

@@ -15,21 +15,30 @@ The worker's own (with defaults):
 | RETRY_INITIAL_BACKOFF_S | 0.5 | first in-process backoff, doubled each retry, plus jitter |
 | RETRY_MAX_BACKOFF_S | 5 | cap of one in-process backoff |
 | RETRY_MAX_TOTAL_S | 30 | cap of the time spent on one delivery in process |
+| WORKER_PROCESSED_RETENTION_S | 2592000 (30 days) | how long processed event ids are kept (**) |
 | RETRY_DELAYS_S | 5,30,300 | delayed retries through the broker, then the DLQ |
 | METRICS_PORT | 0 | Prometheus endpoint port; 0 turns it off |
+| METRICS_ADDRESS | 0.0.0.0 | listening address (all: Prometheus scrapes containers) |
 
-(*) At least 3 x SMTP_TIMEOUT_S: a lease that ended mid-send would let a second worker send too.
+(*) At least 12 x SMTP_TIMEOUT_S: one send is about ten socket operations (connect, greeting,
+EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, the message, its reply), each bounded by the timeout, and
+a lease that ended mid-send would let a second worker send too.
+(**) A redelivery or replay of an event older than this would send its email again.
+
+SMTP_USERNAME with SMTP_STARTTLS=false is refused unless SMTP_HOST is a loopback address: the
+password would otherwise cross the network in clear text.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import parseaddr
-from urllib.parse import urlsplit
 
 from email_consumer import retry_policy
 from email_consumer.retry_policy import RetryPolicy
+from shared.amqp import url_secrets
 from shared.errors import ConfigError
 from shared.settings import (
     BrokerSettings,
@@ -42,6 +51,9 @@ from shared.settings import (
 from shared.topology import DEFAULT_RETRY_DELAYS_S
 
 DEFAULT_MAIL_FROM = "Example <welcome@example.com>"
+DEFAULT_PROCESSED_RETENTION_S = 30 * 24 * 3600.0
+# Socket operations of one send, plus margin; see (*) above.
+SEND_OPERATIONS_PER_LEASE = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,7 @@ class WorkerSettings:
     shutdown_timeout_s: float
     claim_lease_s: float
     reconnect_max_delay_s: float
+    processed_retention_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +86,13 @@ class ConsumerSettings:
     worker: WorkerSettings
     retry: RetryPolicy
     metrics_port: int
+    metrics_address: str
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in a log line."""
+        """Values that must never appear in a log line (URL passwords also percent-decoded)."""
         found = [self.smtp.password]
         for url in (self.broker.amqp_url, self.database_url):
-            password = urlsplit(url).password
-            if password:
-                found.append(password)
+            found.extend(url_secrets(url))
         return [s for s in found if s]
 
 
@@ -98,18 +110,20 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
     )
     smtp = SmtpSettings(
         host=env.text("SMTP_HOST", "localhost"),
-        port=env.integer("SMTP_PORT", 1025, minimum=1),
+        port=env.port("SMTP_PORT", 1025),
         username=env.text("SMTP_USERNAME", ""),
         password=env.secret("SMTP_PASSWORD"),
         starttls=env.boolean("SMTP_STARTTLS", False),
         timeout_s=env.number("SMTP_TIMEOUT_S", 10.0, minimum=0.1),
     )
+    _refuse_cleartext_login(smtp)
     claim_lease_s = env.number("WORKER_CLAIM_LEASE_S", 300.0, minimum=1.0)
-    # One send is a connect, a few commands and the data, each bounded by SMTP_TIMEOUT_S.
-    if claim_lease_s < 3 * smtp.timeout_s:
+    longest_send_s = SEND_OPERATIONS_PER_LEASE * smtp.timeout_s
+    if claim_lease_s < longest_send_s:
         raise ConfigError(
-            f"WORKER_CLAIM_LEASE_S ({claim_lease_s:g}) must be at least 3 x SMTP_TIMEOUT_S "
-            f"({3 * smtp.timeout_s:g}): a claim must outlast the send it protects"
+            f"WORKER_CLAIM_LEASE_S ({claim_lease_s:g}) must be at least "
+            f"{SEND_OPERATIONS_PER_LEASE} x SMTP_TIMEOUT_S ({longest_send_s:g}): a claim must "
+            "outlast the send it protects"
         )
     return ConsumerSettings(
         broker=broker_settings(env),
@@ -125,10 +139,33 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
             shutdown_timeout_s=env.number("WORKER_SHUTDOWN_TIMEOUT_S", 30.0),
             claim_lease_s=claim_lease_s,
             reconnect_max_delay_s=env.number("WORKER_RECONNECT_MAX_DELAY_S", 30.0, minimum=0.1),
+            processed_retention_s=env.number(
+                "WORKER_PROCESSED_RETENTION_S", DEFAULT_PROCESSED_RETENTION_S, minimum=1.0
+            ),
         ),
         retry=retry,
-        metrics_port=env.integer("METRICS_PORT", 0),
+        metrics_port=env.port("METRICS_PORT", 0, allow_zero=True),
+        metrics_address=env.text("METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - see the table
     )
+
+
+def _refuse_cleartext_login(smtp: SmtpSettings) -> None:
+    """A login without STARTTLS is allowed only where the password stays on this machine."""
+    if smtp.username and not smtp.starttls and not is_loopback(smtp.host):
+        raise ConfigError(
+            "SMTP_USERNAME is set but SMTP_STARTTLS is false: the password would cross the "
+            f"network in clear text to {smtp.host!r}; set SMTP_STARTTLS=true"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine: `localhost` or a loopback IP address."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_mail_from(value: str) -> Address:

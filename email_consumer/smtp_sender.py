@@ -3,7 +3,14 @@
 One SMTP connection per worker thread, opened on first use and reused for the next emails
 (smtplib objects are not thread-safe, and a fresh TCP + TLS + login per email is slow). A broken
 or stale connection is dropped and reopened. Every smtplib and socket error is wrapped at this
-edge: 4xx replies, connection errors and timeouts become transient, 5xx replies permanent.
+edge, and the edge tells two phases apart:
+
+* Opening the session (connect, greeting, EHLO, STARTTLS, AUTH): whatever fails there fails for
+  every message alike, so it is never a verdict on this message. Connection errors and timeouts
+  become `SmtpUnavailable`, refusals (a 554 greeting, AUTH 535, STARTTLS missing) become
+  `SmtpSessionRefused`, both transient, so a misconfiguration parks events in the retry queues
+  instead of dead-lettering the whole queue. Refusals are logged as configuration problems.
+* Sending this message (MAIL, RCPT, DATA): 4xx replies are transient, 5xx permanent.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import threading
 from email.message import EmailMessage
 
 from email_consumer.errors import (
-    SmtpMisconfigured,
     SmtpRejected,
+    SmtpSessionRefused,
     SmtpTemporarilyRefused,
     SmtpUnavailable,
+    UndeliverableMessage,
 )
 from email_consumer.settings import SmtpSettings
 from shared.logging import get_logger
@@ -31,10 +39,13 @@ class SmtpEmailSender:
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
         self._local = threading.local()
+        # Every thread's open connection, so `close_all` can say QUIT to each at shutdown.
+        self._open_connections: set[smtplib.SMTP] = set()
+        self._registry_lock = threading.Lock()
 
     def send(self, message: EmailMessage) -> None:
+        connection = self._session()
         try:
-            connection = self._connection()
             connection.send_message(message)
         except smtplib.SMTPRecipientsRefused as error:
             self._discard()
@@ -44,10 +55,11 @@ class SmtpEmailSender:
             self._discard()
             raise _reply_error(error.smtp_code, _decode(error.smtp_error)) from None
         except smtplib.SMTPNotSupportedError as error:
+            # Raised here only for what this message needs (SMTPUTF8 for a non-ASCII address).
             self._discard()
-            raise SmtpMisconfigured(f"mail server lacks a required extension: {error}") from None
+            raise UndeliverableMessage(f"mail server cannot carry this message: {error}") from None
         except (smtplib.SMTPException, OSError) as error:
-            # OSError covers refused and reset connections, socket timeouts and TLS errors.
+            # OSError covers refused and reset connections and socket timeouts.
             self._discard()
             raise SmtpUnavailable(_describe(error, self._settings)) from None
 
@@ -56,10 +68,42 @@ class SmtpEmailSender:
         connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
         self._local.connection = None
         if connection is not None:
-            try:
-                connection.quit()
-            except (smtplib.SMTPException, OSError):
-                connection.close()
+            self._forget(connection)
+            _quit_quietly(connection)
+
+    def close_all(self) -> None:
+        """Say QUIT on every thread's connection; for shutdown, once the pool is idle."""
+        with self._registry_lock:
+            connections = list(self._open_connections)
+            self._open_connections.clear()
+        for connection in connections:
+            _quit_quietly(connection)
+
+    def _session(self) -> smtplib.SMTP:
+        settings = self._settings
+        try:
+            return self._connection()
+        except (smtplib.SMTPResponseException, smtplib.SMTPNotSupportedError) as error:
+            detail = _session_detail(error)
+            _log.error(
+                "SMTP session refused: check SMTP_HOST, SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD "
+                "and SMTP_STARTTLS; events wait in the retry queues meanwhile",
+                host=settings.host,
+                port=settings.port,
+                error=detail,
+            )
+            raise SmtpSessionRefused(
+                f"mail server {settings.host}:{settings.port} refused the session: {detail}"
+            ) from None
+        except (smtplib.SMTPException, OSError) as error:
+            if isinstance(error, ssl.SSLError):
+                _log.error(
+                    "SMTP TLS failed: check SMTP_HOST and the server's certificate",
+                    host=settings.host,
+                    port=settings.port,
+                    error=str(error),
+                )
+            raise SmtpUnavailable(_describe(error, settings)) from None
 
     def _connection(self) -> smtplib.SMTP:
         connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
@@ -74,6 +118,8 @@ class SmtpEmailSender:
             self._discard()
         connection = self._open()
         self._local.connection = connection
+        with self._registry_lock:
+            self._open_connections.add(connection)
         return connection
 
     def _open(self) -> smtplib.SMTP:
@@ -95,7 +141,19 @@ class SmtpEmailSender:
         connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
         self._local.connection = None
         if connection is not None:
+            self._forget(connection)
             connection.close()
+
+    def _forget(self, connection: smtplib.SMTP) -> None:
+        with self._registry_lock:
+            self._open_connections.discard(connection)
+
+
+def _quit_quietly(connection: smtplib.SMTP) -> None:
+    try:
+        connection.quit()
+    except (smtplib.SMTPException, OSError):
+        connection.close()
 
 
 def _reply_error(code: int, text: str) -> SmtpRejected | SmtpTemporarilyRefused:
@@ -115,6 +173,12 @@ def _first_reply(recipients: dict[str, tuple[int, bytes]]) -> tuple[int, str]:
 
 def _decode(text: bytes | str) -> str:
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _session_detail(error: smtplib.SMTPException) -> str:
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"SMTP {error.smtp_code}: {_decode(error.smtp_error)}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _describe(error: BaseException, settings: SmtpSettings) -> str:

@@ -11,6 +11,12 @@ Threads and who does what:
   nothing on a new channel, and the broker redelivers the message anyway (the processed-events
   record then turns the redelivery into a duplicate acknowledged without sending).
 
+Once an hour (and at start-up) the loop hands a housekeeping job to the pool: deleting
+processed-event records past their retention, off the delivery path.
+
+A settlement that fails for any reason but a broken connection (say, a header pika cannot
+encode) is logged and the delivery requeued: no exception may escape a pika callback.
+
 Moving a message to a retry queue or the DLQ publishes a copy on a confirm-mode channel first
 and acknowledges the original only once the broker confirmed the copy, so nothing is lost in
 between (a crash there leaves two copies; the idempotency record absorbs that).
@@ -22,7 +28,8 @@ import functools
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +37,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from email_consumer import failure_headers
+from email_consumer import failure_headers, retry_policy
+from email_consumer.connections import CONNECTION_ERRORS, close_quietly
 from email_consumer.errors import EventBusy
 from email_consumer.handler import Outcome, WelcomeEmailHandler
 from email_consumer.metrics import WorkerMetrics
@@ -46,8 +54,6 @@ _log = get_logger(__name__)
 
 _FIRST_RECONNECT_DELAY_S = 0.5
 _POLL_S = 0.5
-# Connection-level failures after which the worker reconnects instead of stopping.
-_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class Worker:
         metrics: WorkerMetrics,
         stopping: threading.Event,
         host: str | None = None,
+        housekeeping: Callable[[], None] | None = None,
+        housekeeping_interval_s: float = 3600.0,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -111,12 +119,17 @@ class Worker:
         self._stopping = stopping
         self._host = host or socket.gethostname()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="email-worker")
+        self._housekeeping = housekeeping
+        self._housekeeping_interval_s = housekeeping_interval_s
+        self._next_housekeeping = 0.0  # at start-up first
+        self._housekeeping_running: Future[None] | None = None
 
     def run(self) -> None:
         """Serve until `stopping` is set, then drain in-flight work; returns normally."""
         delay = _FIRST_RECONNECT_DELAY_S
         try:
             while not self._stopping.is_set():
+                self._maybe_housekeep()
                 try:
                     connection = open_connection(self._broker)
                 except BrokerUnavailable as error:
@@ -128,7 +141,7 @@ class Worker:
                     session = self._start(connection)
                     delay = _FIRST_RECONNECT_DELAY_S
                     self._serve(session)
-                except _CONNECTION_ERRORS as error:
+                except CONNECTION_ERRORS as error:
                     _log.warning(
                         "broker connection lost, reconnecting",
                         error_type=type(error).__name__,
@@ -138,7 +151,7 @@ class Worker:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, self._settings.reconnect_max_delay_s)
                 finally:
-                    _close_quietly(connection)
+                    close_quietly(connection)
         finally:
             # Work still running past the shutdown timeout was handed back by closing the
             # connection; its threads end on their own (bounded by the SMTP timeout).
@@ -167,6 +180,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 session.connection.process_data_events(time_limit=_POLL_S)
+                self._maybe_housekeep()
             self._drain(session)
         finally:
             session.active = False
@@ -183,6 +197,15 @@ class Worker:
         if session.in_flight:
             # Closing the connection returns them to the queue; another worker takes them.
             _log.warning("shutdown timeout: handing back in-flight events", count=session.in_flight)
+
+    def _maybe_housekeep(self) -> None:
+        """Start the periodic housekeeping on a pool thread when due (never on the hot path)."""
+        if self._housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        if self._housekeeping_running is not None and not self._housekeeping_running.done():
+            return
+        self._next_housekeeping = time.monotonic() + self._housekeeping_interval_s
+        self._housekeeping_running = self._pool.submit(_run_quietly, self._housekeeping)
 
     # -- connection thread -------------------------------------------------------------------
 
@@ -215,15 +238,37 @@ class Worker:
             if not session.active or not channel.is_open:
                 _log.warning("channel gone: dropping settlement; the broker will redeliver")
                 return
-            if isinstance(action, _HandBack):
+            try:
+                settled = self._apply(session, delivery_tag, properties, body, action)
+            except CONNECTION_ERRORS:
+                raise  # the reconnect logic in `run` handles these
+            except Exception:  # noqa: BLE001 - nothing may escape a pika callback
+                # For example a header pika cannot encode: the worker must survive the message.
+                # Requeued, the event comes back; the quorum queue's delivery limit ends a loop.
+                _log.exception("could not settle the event; requeueing it")
                 channel.basic_nack(delivery_tag, requeue=True)
-            elif isinstance(action, _Forward):
-                self._forward(session, delivery_tag, properties, body, action)
-            else:
-                channel.basic_ack(delivery_tag)
-            if action.outcome is not None:
+                settled = False
+            if settled and action.outcome is not None:
                 self._metrics.count(action.outcome)
             self._metrics.observe_processing(time.monotonic() - started)
+
+    def _apply(
+        self,
+        session: _Session,
+        delivery_tag: int,
+        properties: pika.BasicProperties,
+        body: bytes,
+        action: _Action,
+    ) -> bool:
+        """Carry out `action`; False when the delivery went back to the queue instead."""
+        channel = session.consume_channel
+        if isinstance(action, _HandBack):
+            channel.basic_nack(delivery_tag, requeue=True)
+            return True
+        if isinstance(action, _Forward):
+            return self._forward(session, delivery_tag, properties, body, action)
+        channel.basic_ack(delivery_tag)
+        return True
 
     def _forward(
         self,
@@ -232,7 +277,8 @@ class Worker:
         properties: pika.BasicProperties,
         body: bytes,
         action: _Forward,
-    ) -> None:
+    ) -> bool:
+        """Publish the copy, then ack the original; False when the copy was refused."""
         copy = _copy_properties(properties, action.headers)
         try:
             session.publish_channel.basic_publish(
@@ -242,7 +288,7 @@ class Worker:
             # The target refused the copy: keep the original, try again after a redelivery.
             _log.error("could not move event, requeueing", error_type=type(error).__name__)
             session.consume_channel.basic_nack(delivery_tag, requeue=True)
-            return
+            return False
         session.consume_channel.basic_ack(delivery_tag)
         if action.outcome == "dead_lettered":
             _log.error(
@@ -258,6 +304,7 @@ class Worker:
                 queue=action.routing_key,
                 retry_count=action.headers.get(failure_headers.RETRY_COUNT),
             )
+        return True
 
     # -- pool threads ------------------------------------------------------------------------
 
@@ -294,7 +341,7 @@ class Worker:
             event = parse_user_registered(body)
         except InvalidEvent as error:
             _log.error("malformed event", error=str(error))
-            return self._dead_letter(routing_key, properties, error, 1, "malformed")
+            return self._dead_letter(routing_key, properties, error, 1, retry_policy.MALFORMED)
         with event_context(event.event_id, properties.correlation_id):
             return self._handle(event, routing_key, properties)
 
@@ -349,8 +396,7 @@ class Worker:
             )
             return _Forward(topology.RETRY_EXCHANGE, queue, new_headers, "delayed")
         assert isinstance(decision, DeadLetter)
-        reason = "permanent" if permanent else "retries-exhausted"
-        return self._dead_letter(routing_key, properties, error, attempts, reason)
+        return self._dead_letter(routing_key, properties, error, attempts, decision.reason)
 
     def _dead_letter(
         self,
@@ -374,6 +420,13 @@ class Worker:
         )
 
 
+def _run_quietly(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # noqa: BLE001 - housekeeping failing must not stop the worker
+        _log.exception("housekeeping failed; trying again at the next interval")
+
+
 def _copy_properties(properties: pika.BasicProperties, headers: dict[str, Any]) -> Any:
     """The original's properties with new headers; persistent whatever it was before."""
     return pika.BasicProperties(
@@ -394,11 +447,3 @@ def _safe_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         return "unknown"
     return "".join(c if c.isprintable() else "?" for c in value[:64])
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    try:
-        if connection.is_open:
-            connection.close()
-    except _CONNECTION_ERRORS:
-        pass

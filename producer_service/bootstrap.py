@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -16,7 +15,9 @@ from producer_service.schema import upgrade
 from producer_service.settings import ProducerSettings
 from producer_service.simulate import Simulation
 from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
+from shared.amqp import connection_parameters, url_secrets
 from shared.database import create_database_engine, normalise_url
+from shared.errors import ConfigError
 from shared.logging import configure_logging
 from shared.settings import Environment
 from shared.topology import ROUTING_KEY
@@ -50,10 +51,28 @@ class Producer:
 
 
 def bootstrap(env: Environment | None = None) -> Producer:
-    """Read settings, set up logging, open the database and bring its schema up to date."""
+    """Read and check every setting, set up logging, open the database, upgrade its schema.
+
+    Raises `ConfigError` for any bad setting before anything is stored: once `register` has
+    committed a user, a configuration error could no longer be reported as "nothing stored".
+    """
     settings = ProducerSettings.from_env(env or Environment())
     configure_logging(settings.logging, service=SERVICE, secrets=_secrets(settings))
-    engine = create_database_engine(settings.database_url)
+    # Builds the AMQP parameters once, only to check them: the URL (host, port, vhost) and the
+    # TLS files. The publisher builds them again when it connects.
+    connection_parameters(settings.broker)
+    try:
+        engine = create_database_engine(settings.database_url)
+    except OSError as error:
+        # The SQLite file's directory cannot be created: the URL names an unusable path.
+        raise ConfigError(
+            f"PRODUCER_DATABASE_URL names a path that cannot be used: "
+            f"{error.strerror or type(error).__name__}: {error.filename}"
+        ) from None
+    except (sa.exc.ArgumentError, ValueError):
+        # A malformed URL (a port that is not a number, say); the message could quote the URL,
+        # password and all.
+        raise ConfigError("PRODUCER_DATABASE_URL is not a valid database URL") from None
     upgrade(engine)
     return Producer(
         settings=settings,
@@ -65,13 +84,11 @@ def bootstrap(env: Environment | None = None) -> Producer:
 
 def _secrets(settings: ProducerSettings) -> list[str]:
     """The passwords in the AMQP and database URLs, as written and percent-decoded."""
-    secrets = []
-    amqp_password = urlsplit(settings.broker.amqp_url).password
-    if amqp_password:
-        secrets += [amqp_password, unquote(amqp_password)]
+    secrets = url_secrets(settings.broker.amqp_url)
     try:
         database_password = sa.engine.make_url(normalise_url(settings.database_url)).password
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError, ConfigError):
+        # Malformed: bootstrap reports it when it opens the database, without the URL.
         database_password = None
     if database_password:
         secrets += [str(database_password)]

@@ -11,14 +11,16 @@ import json
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
 from producer_service.bootstrap import Producer, bootstrap
 from producer_service.ports import DuplicateUser
 from producer_service.progress import terminal_progress
+from producer_service.storage import database_reason
 from producer_service.validation import (
     EMAIL_RULES,
     FULL_NAME_RULES,
@@ -38,14 +40,14 @@ Command = Callable[[Producer, argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit 2 here
+    args = build_parser().parse_args(argv)  # usage errors exit 2 here, one line
     command: Command = args.command
     try:
         producer = bootstrap()
     except ConfigError as error:
         return _fail(EXIT_INVALID, f"configuration error: {error}")
     except sa.exc.SQLAlchemyError as error:
-        return _fail(EXIT_UNEXPECTED, f"database unavailable: {_database_reason(error)}")
+        return _fail(EXIT_UNEXPECTED, f"database unavailable: {database_reason(error)}")
     try:
         return command(producer, args)
     except ValidationError as error:
@@ -57,17 +59,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransientError as error:
         return _fail(EXIT_UNEXPECTED, str(error))
     except sa.exc.SQLAlchemyError as error:
-        _log.exception("database error")
-        return _fail(EXIT_UNEXPECTED, f"database error: {_database_reason(error)}")
+        # The driver's first line only, no traceback: SQLAlchemy's full text and a traceback
+        # would add the statement, and a driver's later lines (PostgreSQL's DETAIL) the values.
+        reason = database_reason(error)
+        _log.error("database error", error_type=type(error).__name__, reason=reason)
+        return _fail(EXIT_UNEXPECTED, f"database error: {reason}")
     except Exception as error:  # noqa: BLE001 - the last resort: log it, exit 1, one line
-        _log.exception("unexpected error")
-        return _fail(EXIT_UNEXPECTED, f"unexpected error: {type(error).__name__}: {error}")
+        # Where it happened, but not the message: that could quote a user's name or address.
+        _log.error(
+            "unexpected error",
+            error_type=type(error).__name__,
+            traceback="".join(traceback.format_tb(error.__traceback__)),
+        )
+        return _fail(EXIT_UNEXPECTED, f"unexpected error: {type(error).__name__}")
     finally:
         producer.close()
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit 2 (the contract)."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse would print the usage block first; the line names where to find it.
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Sub-command parsers are made with the same class, so their errors are one line too.
+    parser = OneLineArgumentParser(
         prog="producer-service",
         description="Register users and publish their user_registered events (outbox relay).",
     )
@@ -137,27 +156,42 @@ def _register(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _publish_now(producer: Producer, event_id: str) -> bool:
-    """Publish the new event at once if possible; otherwise say it waits in the outbox."""
+    """Publish the new event at once if possible; otherwise say it waits in the outbox.
+
+    Never raises: the registration is committed, and its event is safe in the outbox whatever
+    goes wrong here, so `register` must still exit 0 (the relay publishes the event later).
+    """
     try:
-        publisher = producer.connect_publisher()
+        published = _try_to_publish(producer, event_id)
     except TransientError as error:
-        print(
-            f"broker unavailable ({error}); event {event_id} is queued in the outbox "
-            "and will be published by the relay",
-            file=sys.stderr,
-        )
-        return False
+        reason = str(error)
+        _log.warning("event not published yet", error_type=type(error).__name__, reason=reason)
+    except Exception as error:  # noqa: BLE001 - after the commit, nothing may turn into exit 1
+        # The type only: the message of an unexpected error could hold the user's data.
+        reason = type(error).__name__
+        _log.error("publishing the new event failed", error_type=reason)
+    else:
+        if published:
+            return True
+        reason = "not published yet"
+    print(
+        f"event {event_id} was not published ({reason}); it is queued in the outbox "
+        "and will be published by the relay",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _try_to_publish(producer: Producer, event_id: str) -> bool:
+    publisher = producer.connect_publisher()
     try:
-        published = event_id in producer.relay().publish_events(publisher, [event_id])
+        if event_id in producer.relay().publish_events(publisher, [event_id]):
+            return True
     finally:
         publisher.close()
-    if not published:
-        print(
-            f"event {event_id} was not published yet; it is queued in the outbox "
-            "and will be published by the relay",
-            file=sys.stderr,
-        )
-    return published
+    # Not published by us: a relay may have claimed it first (on SQLite, while we waited for
+    # the write lock) and published it already.
+    return producer.outbox.count_published([event_id]) == 1
 
 
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
@@ -214,14 +248,6 @@ def _stop_on_signals() -> threading.Event:
 def _fail(code: int, message: str) -> int:
     print(f"producer-service: error: {message}", file=sys.stderr)
     return code
-
-
-def _database_reason(error: sa.exc.SQLAlchemyError) -> str:
-    # The driver's first line names the problem; SQLAlchemy's own text appends the statement
-    # and its parameters, which could hold user data.
-    original = getattr(error, "orig", None) or error
-    first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
-    return f"{type(original).__name__}: {first_line}".rstrip(": ")
 
 
 def _positive_int(text: str) -> int:

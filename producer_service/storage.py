@@ -117,9 +117,10 @@ class SqlOutboxStore:
             # (or `register` publishing its own event) skips these rows instead of waiting for
             # them or publishing them again.
             query = query.with_for_update(skip_locked=True)
+        # On SQLite, which has no row locks, the engine from shared.database begins every
+        # transaction IMMEDIATE: the batch holds the single write lock until it is marked, so a
+        # second publisher (another relay, `register`) waits and then finds the rows published.
         with _database_errors_are_transient(), self._engine.begin() as connection:
-            if self._sqlite:
-                _hold_sqlite_write_lock(connection)
             batch = _SqlClaimedBatch([_message(row) for row in connection.execute(query)])
             yield batch
             batch.write(connection)
@@ -144,25 +145,6 @@ class SqlOutboxStore:
                 ).scalar_one()
         return total
 
-    def count_pending(self) -> int:
-        with self._engine.connect() as connection:
-            return int(
-                connection.execute(
-                    sa.select(sa.func.count())
-                    .select_from(outbox)
-                    .where(outbox.c.published_at.is_(None))
-                ).scalar_one()
-            )
-
-
-def _hold_sqlite_write_lock(connection: Connection) -> None:
-    # SQLite has no row locks: the batch holds its single write lock until marked, so a second
-    # publisher (another relay, `register`) waits and then finds the rows already published.
-    # Registrations wait for one batch at most; readers are not blocked (WAL). The engine from
-    # shared.database already begins every transaction IMMEDIATE; this covers any other.
-    if not getattr(connection.connection.dbapi_connection, "in_transaction", False):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
 
 @contextmanager
 def _database_errors_are_transient() -> Iterator[None]:
@@ -171,12 +153,18 @@ def _database_errors_are_transient() -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-        # The driver's first line names the problem (never a password); SQLAlchemy's own
-        # text would add the statement and its parameters.
-        original = getattr(error, "orig", None) or error
-        first_line = (str(original).strip().splitlines() or [""])[0]
-        reason = f"{type(original).__name__}: {first_line}".rstrip(": ")
-        raise DatabaseUnavailable(f"database unavailable ({reason})") from error
+        raise DatabaseUnavailable(f"database unavailable ({database_reason(error)})") from error
+
+
+def database_reason(error: sa.exc.SQLAlchemyError) -> str:
+    """The driver's exception type and first line: what went wrong, fit for one log line.
+
+    The driver's first line names the problem (never a password); SQLAlchemy's own text would
+    add the statement, and the first line of the driver's text holds no statement parameters.
+    """
+    original = getattr(error, "orig", None) or error
+    first_line = (str(original).strip().splitlines() or [""])[0]
+    return f"{type(original).__name__}: {first_line}".rstrip(": ")
 
 
 def _user_row(user: NewUser) -> dict[str, Any]:

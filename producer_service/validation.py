@@ -13,6 +13,7 @@ from typing import Final
 from email_validator import EmailNotValidError, validate_email
 
 from shared.errors import PermanentError
+from shared.events import has_control_characters
 
 USERNAME_MIN: Final = 3
 USERNAME_MAX: Final = 32
@@ -28,8 +29,9 @@ USERNAME_RULES: Final = (
     "starting with a letter or digit; stored as typed, unique regardless of case"
 )
 EMAIL_RULES: Final = (
-    "a syntactically valid address (no DNS lookup); the domain is normalised, and "
-    "addresses are unique regardless of case"
+    "a syntactically valid address (no DNS lookup) with an ASCII part before the @; the domain "
+    "is normalised (an international domain is stored in its ASCII xn-- form), and addresses "
+    "are unique regardless of case"
 )
 FULL_NAME_RULES: Final = f"optional, at most {FULL_NAME_MAX} characters, no control characters"
 
@@ -48,6 +50,13 @@ class ValidRegistration:
 
 
 def validate_registration(username: str, email: str, full_name: str | None) -> ValidRegistration:
+    # First, so text that cannot be stored or published gets one clear reason, not a rule's.
+    for field, value in (
+        ("username", username),
+        ("email address", email),
+        ("full name", full_name),
+    ):
+        _require_encodable(field, value)
     return ValidRegistration(
         username=validate_username(username),
         email=validate_email_address(email),
@@ -62,15 +71,20 @@ def validate_username(username: str) -> str:
 
 
 def validate_email_address(email: str) -> str:
-    """The normalised address, or `ValidationError` with email-validator's reason."""
-    if _has_control(email):
+    """The normalised address in ASCII, or `ValidationError` with email-validator's reason.
+
+    Only addresses every mail server can take are accepted: the worker's SMTP path does not use
+    SMTPUTF8, so a mailbox name outside ASCII could only ever be dead-lettered. An international
+    domain is fine; it is stored in its ASCII (punycode) form.
+    """
+    if has_control_characters(email):
         raise ValidationError("invalid email address: it contains control characters")
     try:
         # No deliverability check: a registration must not depend on DNS answering.
-        checked = validate_email(email, check_deliverability=False)
+        checked = validate_email(email, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:
         raise ValidationError(f"invalid email address {_quote(email)}: {error}") from None
-    return str(checked.normalized)
+    return str(checked.ascii_email)
 
 
 def validate_full_name(full_name: str | None) -> str | None:
@@ -82,7 +96,8 @@ def validate_full_name(full_name: str | None) -> str | None:
         return None
     if len(cleaned) > FULL_NAME_MAX:
         raise ValidationError(f"full name is longer than {FULL_NAME_MAX} characters")
-    if _has_control(cleaned):
+    _require_encodable("full name", cleaned)
+    if has_control_characters(cleaned):
         raise ValidationError("full name contains control characters")
     return cleaned
 
@@ -97,10 +112,15 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
-def _has_control(text: str) -> bool:
-    # C0, DEL, C1 and the Unicode line/paragraph separators: each could split a log line or
-    # an email header further down the line.
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or ord(c) in (0x2028, 0x2029) for c in text)
+def _require_encodable(field: str, value: str | None) -> None:
+    # Bytes that are not UTF-8 on the command line reach Python as lone surrogates; they can be
+    # neither stored nor published, so they are refused here as invalid input.
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} is not valid UTF-8 text") from None
 
 
 def _quote(value: str, limit: int = 60) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -20,15 +20,31 @@ class BrokerUnavailable(TransientError):
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password replaced by `***`, for logs and error messages.
+
+    Never raises: a URL too malformed to take apart is masked whole after its scheme.
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user, _, _ = parts.netloc.rpartition("@")[0].partition(":")
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        scheme = url.partition("://")[0] if "://" in url else "url"
+        return f"{scheme}://***"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password in `url`, as written and percent-decoded, for log redaction."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    if not password:
+        return []
+    return sorted({password, unquote(password)})
 
 
 def connection_parameters(settings: BrokerSettings) -> pika.URLParameters:
@@ -53,18 +69,23 @@ def connection_parameters(settings: BrokerSettings) -> pika.URLParameters:
 def _verifying_tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     # create_default_context verifies the certificate chain and the host name; nothing here
     # turns either off. A private CA is added, never substituted for verification.
-    context = ssl.create_default_context(cafile=settings.tls_ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.tls_cert_file:
-        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.tls_cert_file:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as error:
+        # A missing or unreadable file is a configuration error, not a broker outage.
+        raise ConfigError(f"AMQP TLS files cannot be loaded: {error}") from None
     return context
 
 
 def open_connection(settings: BrokerSettings) -> pika.BlockingConnection:
     """A blocking connection, or `BrokerUnavailable` naming the masked URL."""
     masked = mask_url(settings.amqp_url)
+    parameters = connection_parameters(settings)
     try:
-        connection = pika.BlockingConnection(connection_parameters(settings))
+        connection = pika.BlockingConnection(parameters)
     except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as error:
         raise BrokerUnavailable(
             f"cannot connect to {masked}: {type(error).__name__}: {error}".rstrip(": ")

@@ -40,6 +40,9 @@ def normalise_url(url: str) -> str:
 def create_database_engine(url: str, **engine_options: Any) -> Engine:
     """An engine with the settings this project relies on for either database."""
     url = normalise_url(url)
+    # Statement parameters are user data (names, addresses); errors must not carry them into
+    # logs.
+    engine_options.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **engine_options)
     return sa.create_engine(url, pool_pre_ping=True, **engine_options)
@@ -57,7 +60,8 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # transaction and begin lazily; see the "begin" hook below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # WAL lets readers work beside one writer; busy_timeout makes concurrent writers (two
+        # WAL keeps the file consistent through crashes and lets a reader outside any
+        # transaction see the last commit; busy_timeout makes competing transactions (two
         # registrations, a relay) wait for the lock instead of failing at once.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -67,7 +71,8 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _begin_immediately(connection: Connection) -> None:
         # Taking the write lock at BEGIN means a transaction that reads and then writes never
-        # fails half-way with SQLITE_BUSY; it waits (busy_timeout) for its turn instead.
+        # fails half-way with SQLITE_BUSY; it waits (busy_timeout) for its turn instead. Reads
+        # take it too (SQLAlchemy begins every transaction the same way); each is short.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

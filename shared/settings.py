@@ -32,7 +32,9 @@ class Environment:
         value = self._values.get(name)
         return default if value is None or value.strip() == "" else value.strip()
 
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         raw = self.text(name, str(default))
         try:
             value = int(raw)
@@ -40,7 +42,13 @@ class Environment:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
+
+    def port(self, name: str, default: int, *, allow_zero: bool = False) -> int:
+        """A TCP port number; 0 only where it means "off"."""
+        return self.integer(name, default, minimum=0 if allow_zero else 1, maximum=65535)
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         raw = self.text(name, str(default))

@@ -109,10 +109,11 @@ def test_log_lines_carry_ids_and_never_bodies_or_secrets(
     assert "quux" not in worker.log().lower()
 
 
-def test_smtp_password_never_appears_in_logs_or_dead_letters(
+def test_smtp_password_never_appears_in_logs_or_retry_headers(
     amqp_url: str, smtp_server: SmtpTestServer, tmp_path: Path
 ) -> None:
-    # The test server offers no AUTH: logging in fails, and the error must not quote secrets.
+    # The test server offers no AUTH: logging in fails, a configuration problem that parks the
+    # event for a delayed retry, and the error must not quote secrets.
     secret = "hunter2-very-secret"
     event = new_event()
     with running_worker(
@@ -122,13 +123,16 @@ def test_smtp_password_never_appears_in_logs_or_dead_letters(
         SMTP_USERNAME="mailer",
         SMTP_PASSWORD=secret,
         LOG_LEVEL="DEBUG",
+        RETRY_DELAYS_S="600",
     ) as worker:
         publish_event(amqp_url, event)
-        wait_until(lambda: len(dead_letters(amqp_url)) == 1, what="the dead letter")
-    [dead] = dead_letters(amqp_url)
-    assert dead.headers["error-type"] == "SmtpMisconfigured"
+        retry_queue = topology.retry_queue_name(600)
+        wait_until(lambda: len(peek(amqp_url, retry_queue)) == 1, what="the parked event")
+    [parked] = peek(amqp_url, retry_queue)
+    assert parked.headers["error-type"] == "SmtpSessionRefused"
+    assert dead_letters(amqp_url) == []
     assert secret not in worker.log()
-    assert secret not in json.dumps(dead.headers, default=str)
+    assert secret not in json.dumps(parked.headers, default=str)
     assert smtp_server.messages == []
 
 

@@ -192,3 +192,61 @@ def running_worker(
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+class LoginSmtpServer:
+    """What `smtp_server_requiring_login` yields: where it listens, what it accepted."""
+
+    def __init__(self, port: int) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self.messages: list[bytes] = []
+
+    def environment(self, username: str, password: str) -> dict[str, str]:
+        return {
+            "SMTP_HOST": self.host,
+            "SMTP_PORT": str(self.port),
+            "SMTP_USERNAME": username,
+            "SMTP_PASSWORD": password,
+        }
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(bytes(envelope.content))
+        return "250 2.0.0 OK"
+
+
+@contextmanager
+def smtp_server_requiring_login(username: str, password: str) -> Iterator[LoginSmtpServer]:
+    """An aiosmtpd server on 127.0.0.1 that accepts mail only after AUTH with
+    `username`/`password` (over plain TCP, as on a loopback relay); records accepted messages.
+    """
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from tests.support.smtp import free_port
+
+    def authenticate(
+        _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login == username.encode()
+            and data.password == password.encode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    recorder = LoginSmtpServer(free_port())
+    controller = Controller(
+        recorder,
+        hostname=recorder.host,
+        port=recorder.port,
+        auth_required=True,
+        auth_require_tls=False,
+        authenticator=authenticate,
+        ready_timeout=10,
+    )
+    controller.start()
+    try:
+        yield recorder
+    finally:
+        controller.stop()

@@ -126,3 +126,25 @@ def test_two_workers_sharing_postgresql_send_a_republished_event_once(
         )
     assert [m.message["X-Event-ID"] for m in smtp_server.messages] == [event.event_id]
     assert dead_letters(amqp_url) == []
+
+
+def test_records_older_than_the_retention_are_deleted(database_url: str) -> None:
+    now = [1_000_000.0]
+    store = SqlProcessedEvents.open(database_url, clock=lambda: now[0])
+    try:
+        old_sent, old_claim, recent_sent, live_claim = (str(uuid.uuid4()) for _ in range(4))
+        store.claim(old_sent, "a", 60)
+        store.mark_sent(old_sent, "a")  # sent at 1_000_000
+        store.claim(old_claim, "b", 60)  # a dead worker's claim, lease until 1_000_060
+        now[0] = 1_000_500.0
+        store.claim(recent_sent, "c", 60)
+        store.mark_sent(recent_sent, "c")  # sent at 1_000_500
+        now[0] = 1_001_000.0
+        store.claim(live_claim, "d", 600)  # held right now
+        assert store.forget_older_than(700) == 2  # cutoff 1_000_300
+        assert store.claim(old_sent, "e", 60) is Claim.CLAIMED, "forgotten, so claimable"
+        assert store.claim(old_claim, "f", 60) is Claim.CLAIMED
+        assert store.claim(recent_sent, "g", 60) is Claim.ALREADY_SENT
+        assert store.claim(live_claim, "h", 60) is Claim.HELD_ELSEWHERE
+    finally:
+        store.dispose()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pika
 import pytest
 
 from shared import topology
+from shared.events import serialise
 from tests.integration.test_worker_harness import (
     TEST_RETRY_DELAYS,
     dead_letters,
@@ -17,6 +20,7 @@ from tests.integration.test_worker_harness import (
     peek,
     publish_event,
     running_worker,
+    smtp_server_requiring_login,
     wait_until,
     worker_environment,
 )
@@ -132,6 +136,87 @@ def test_the_same_event_published_twice_gives_one_email(
         )
     assert [m.message["X-Event-ID"] for m in smtp_server.messages] == [event.event_id]
     assert dead_letters(amqp_url) == []
+
+
+def test_a_wrong_smtp_password_parks_events_for_retry_instead_of_dead_lettering_them(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    event = new_event()
+    with (
+        smtp_server_requiring_login("mailer", "right-password") as server,
+        running_worker(
+            amqp_url,
+            server.environment("mailer", "wrong-password-42"),
+            tmp_path,
+            RETRY_DELAYS_S="600",  # long enough for the event to wait there during the test
+        ) as worker,
+    ):
+        publish_event(amqp_url, event)
+        retry_queue = topology.retry_queue_name(600)
+        wait_until(lambda: len(peek(amqp_url, retry_queue)) == 1, what="the parked event")
+        assert dead_letters(amqp_url) == [], "a configuration problem must not dead-letter"
+        [parked] = peek(amqp_url, retry_queue)
+        assert parked.properties.message_id == event.event_id
+        assert parked.headers["error-type"] == "SmtpSessionRefused"
+        assert parked.headers["attempts"] == 3  # retried in process first
+        assert "SMTP session refused: check SMTP_HOST" in worker.log()
+        assert server.messages == []
+    assert "wrong-password-42" not in worker.log()
+    assert "wrong-password-42" not in json.dumps(parked.headers, default=str)
+
+
+def test_a_crafted_huge_counter_header_is_dead_lettered_and_the_worker_keeps_running(
+    amqp_url: str, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    smtp_server.refuse_permanently("554 5.7.1 Rejected")  # so the event is forwarded
+    crafted, good = new_event("mallory"), new_event("bob")
+    with running_worker(amqp_url, smtp_server.environment(), tmp_path) as worker:
+        _publish_with_headers(
+            amqp_url,
+            serialise(crafted),
+            crafted.event_id,
+            {"schema_version": 1, "attempts": 2**63 - 1, "retry-count": 2**63 - 1},
+        )
+        wait_until(lambda: len(dead_letters(amqp_url)) == 1, what="the dead letter")
+        [dead] = dead_letters(amqp_url)
+        assert dead.properties.message_id == crafted.event_id
+        assert dead.headers["attempts"] == 2**31 - 1
+        assert dead.headers["retry-count"] == 2**31 - 1
+        assert worker.process.poll() is None, "the worker must survive the crafted header"
+
+        smtp_server.refuse_permanently(None)
+        publish_event(amqp_url, good)
+        [email] = smtp_server.wait_for(1)
+        assert email.message["X-Event-ID"] == good.event_id
+        assert worker.process.poll() is None
+    # Housekeeping ran at start-up, off the delivery path.
+    assert "old processed-event records deleted" in worker.log()
+
+
+def _publish_with_headers(
+    amqp_url: str, body: bytes, message_id: str, headers: dict[str, object]
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            topology.EXCHANGE,
+            topology.ROUTING_KEY,
+            body,
+            properties=pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                content_type="application/json",
+                message_id=message_id,
+                type="user_registered",
+                app_id="producer_service",
+                timestamp=int(time.time()),
+                headers=headers,
+            ),
+            mandatory=True,
+        )
+    finally:
+        connection.close()
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import subprocess
 import threading
@@ -11,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from email_consumer.errors import SmtpRejected, SmtpTemporarilyRefused, SmtpUnavailable
+from email_consumer.errors import (
+    SmtpRejected,
+    SmtpSessionRefused,
+    SmtpTemporarilyRefused,
+    SmtpUnavailable,
+)
 from email_consumer.settings import SmtpSettings
 from email_consumer.smtp_sender import SmtpEmailSender
+from shared.errors import TransientError
+from tests.integration.test_worker_harness import smtp_server_requiring_login
 from tests.support.smtp import SmtpTestServer, free_port
 
 
@@ -122,6 +130,65 @@ def test_starttls_verifies_the_certificate(tmp_path: Path) -> None:
         assert server.messages == []
     finally:
         server.stop()
+
+
+def test_a_refused_login_is_a_transient_session_error_not_a_verdict_on_the_message() -> None:
+    with smtp_server_requiring_login("mailer", "right-password") as server:
+        settings = SmtpSettings(
+            host=server.host,
+            port=server.port,
+            username="mailer",
+            password="wrong-password",
+            starttls=False,
+            timeout_s=5.0,
+        )
+        with pytest.raises(SmtpSessionRefused, match="535") as refused:
+            SmtpEmailSender(settings).send(_message())
+        assert isinstance(refused.value, TransientError)
+        assert "wrong-password" not in str(refused.value)
+        assert server.messages == []
+
+        sender = SmtpEmailSender(dataclasses.replace(settings, password="right-password"))
+        sender.send(_message())
+        assert len(server.messages) == 1
+        sender.close_all()
+
+
+def test_login_to_a_server_without_auth_is_a_transient_session_error(
+    smtp_server: SmtpTestServer,
+) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server, username="mailer", password="pw"))
+    with pytest.raises(SmtpSessionRefused):
+        sender.send(_message())
+    assert smtp_server.messages == []
+
+
+def test_starttls_required_but_not_offered_is_a_transient_session_error(
+    smtp_server: SmtpTestServer,
+) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server, starttls=True))
+    with pytest.raises(SmtpSessionRefused, match="STARTTLS"):
+        sender.send(_message())
+
+
+def test_close_all_quits_every_thread_connection(smtp_server: SmtpTestServer) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server))
+    connections = []
+
+    def send() -> None:
+        sender.send(_message())
+        connections.append(sender._connection())
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in connections}) == 3
+    assert all(c.sock is not None for c in connections)
+    sender.close_all()
+    assert all(c.sock is None for c in connections), "every pool connection must be closed"
+    assert len(smtp_server.messages) == 3
 
 
 def _self_signed(folder: Path) -> tuple[str, str]:

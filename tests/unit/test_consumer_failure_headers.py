@@ -97,3 +97,25 @@ def test_header_values_of_odd_types_do_not_break_reading() -> None:
     assert fh.as_int({"attempts": -3}, "attempts") == 0
     assert fh.as_text({"error-type": b"Oops"}, "error-type") == "Oops"
     assert fh.as_text({}, "error-type") is None
+
+
+def test_crafted_huge_counters_are_clamped_so_the_copy_stays_encodable() -> None:
+    huge = 2**63 - 1
+    headers = fh.after_failure(
+        {"attempts": huge, "retry-count": huge},
+        error=SmtpUnavailable("down"),
+        attempts=3,
+        now=T0,
+        host="w",
+        routing_key="user.registered",
+        delayed_retry=True,
+    )
+    assert headers["attempts"] == fh.MAX_COUNTER == 2**31 - 1
+    assert headers["retry-count"] == fh.MAX_COUNTER
+    assert fh.for_replay({"replay-count": huge})["replay-count"] == fh.MAX_COUNTER
+
+
+def test_counters_that_are_not_whole_numbers_read_as_zero() -> None:
+    for value in (True, 2.5, [1], {"a": 1}, b"12x", "-4", -(2**63)):
+        assert fh.as_int({"attempts": value}, "attempts") == 0, value
+    assert fh.as_int({"attempts": str(2**70)}, "attempts") == fh.MAX_COUNTER

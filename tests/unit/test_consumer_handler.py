@@ -205,3 +205,56 @@ def test_failures_carry_the_error(error: Exception) -> None:
     result = _handler(FakeSender([error] * 5), FakeProcessedEvents()).handle(_event())
     assert result.error is not None
     assert type(result.error) is type(error)
+
+
+class MarkFailingStore(FakeProcessedEvents):
+    """Fails `mark_sent` the first `failures` times, as a database blip would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.claims = 0
+
+    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        self.claims += 1
+        return super().claim(event_id, token, lease_s)
+
+    def mark_sent(self, event_id: str, token: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("database blip")
+        super().mark_sent(event_id, token)
+
+
+def test_a_store_blip_while_marking_sends_once_and_retries_only_the_mark() -> None:
+    sender, store = FakeSender(), MarkFailingStore(failures=1)
+    event = _event()
+    result = _handler(sender, store).handle(event)
+    assert result.outcome is Outcome.SENT
+    assert len(sender.sent) == 1
+    assert store.claims == 1, "the event must not be claimed again after its email went out"
+    assert store.rows[event.event_id][0] == "sent"
+
+
+def test_a_mark_failing_past_the_lease_never_sends_a_second_email() -> None:
+    # A lease that runs out at once: a retry that claimed again would win and send again.
+    sender, store = FakeSender(), MarkFailingStore(failures=1)
+    handler = WelcomeEmailHandler(
+        renderer=WelcomeRenderer(parse_mail_from("welcome@example.com")),
+        sender=sender,
+        processed=store,
+        policy=NO_WAIT,
+        claim_lease_s=0.000_001,
+    )
+    result = handler.handle(_event())
+    assert len(sender.sent) == 1
+    assert store.claims == 1
+    assert result.outcome is Outcome.SENT
+
+
+def test_a_store_down_after_the_send_still_acknowledges_the_sent_email() -> None:
+    sender, store = FakeSender(), MarkFailingStore(failures=100)
+    result = _handler(sender, store).handle(_event())
+    assert result.outcome is Outcome.SENT, "the email went out: the delivery is done"
+    assert len(sender.sent) == 1
+    assert store.claims == 1

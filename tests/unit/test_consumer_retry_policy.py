@@ -34,12 +34,13 @@ def test_transient_failures_walk_through_the_delays(
 def test_after_the_last_delay_the_event_is_dead_lettered() -> None:
     policy = RetryPolicy(broker_delays_s=(1, 2))
     decision = policy.after_failure(permanent=False, broker_retries_done=2)
-    assert isinstance(decision, DeadLetter)
+    assert decision == DeadLetter("retries-exhausted")
 
 
 def test_permanent_failures_are_dead_lettered_at_once() -> None:
     policy = RetryPolicy(broker_delays_s=(1, 2))
-    assert isinstance(policy.after_failure(permanent=True, broker_retries_done=0), DeadLetter)
+    decision = policy.after_failure(permanent=True, broker_retries_done=0)
+    assert decision == DeadLetter("permanent")
 
 
 def test_no_delays_means_straight_to_the_dlq() -> None:

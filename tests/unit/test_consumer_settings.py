@@ -20,6 +20,8 @@ def test_defaults_serve_a_local_run() -> None:
     assert settings.retry.broker_delays_s == DEFAULT_RETRY_DELAYS_S
     assert settings.worker.prefetch == settings.worker.concurrency
     assert settings.metrics_port == 0
+    assert settings.metrics_address == "0.0.0.0"
+    assert settings.worker.processed_retention_s == 30 * 24 * 3600
 
 
 def test_worker_and_retry_variables_are_read() -> None:
@@ -46,6 +48,11 @@ def test_worker_and_retry_variables_are_read() -> None:
     ("name", "value"),
     [
         ("SMTP_PORT", "smtp"),
+        ("SMTP_PORT", "0"),
+        ("SMTP_PORT", "70000"),
+        ("METRICS_PORT", "65536"),
+        ("METRICS_PORT", "-1"),
+        ("WORKER_PROCESSED_RETENTION_S", "0"),
         ("WORKER_CONCURRENCY", "0"),
         ("RETRY_DELAYS_S", "1,-2"),
         ("SMTP_STARTTLS", "maybe"),
@@ -71,6 +78,11 @@ def test_secrets_cover_passwords_of_smtp_broker_and_database() -> None:
     assert sorted(settings.secrets()) == ["amqp-secret", "db-secret", "smtp-secret"]
 
 
+def test_secrets_cover_percent_encoded_passwords_as_written_and_decoded() -> None:
+    settings = consumer_settings(Environment({"AMQP_URL": "amqp://u:p%40ss%2Fword@host/%2F"}))
+    assert {"p%40ss%2Fword", "p@ss/word"} <= set(settings.secrets())
+
+
 def test_mail_from_accepts_a_bare_address() -> None:
     address = parse_mail_from("noreply@example.org")
     assert address.addr_spec == "noreply@example.org"
@@ -80,3 +92,49 @@ def test_mail_from_accepts_a_bare_address() -> None:
 def test_a_claim_lease_shorter_than_a_send_is_refused() -> None:
     with pytest.raises(ConfigError, match="WORKER_CLAIM_LEASE_S"):
         consumer_settings(Environment({"SMTP_TIMEOUT_S": "30", "WORKER_CLAIM_LEASE_S": "60"}))
+
+
+def test_the_claim_lease_must_cover_twelve_smtp_timeouts() -> None:
+    # One send is about ten socket operations, each bounded by SMTP_TIMEOUT_S.
+    with pytest.raises(ConfigError, match=r"at least 12 x SMTP_TIMEOUT_S \(120\)"):
+        consumer_settings(Environment({"SMTP_TIMEOUT_S": "10", "WORKER_CLAIM_LEASE_S": "100"}))
+    settings = consumer_settings(
+        Environment({"SMTP_TIMEOUT_S": "10", "WORKER_CLAIM_LEASE_S": "120"})
+    )
+    assert settings.worker.claim_lease_s == 120
+    assert consumer_settings(Environment({})).worker.claim_lease_s == 300
+
+
+@pytest.mark.parametrize("host", ["smtp.example.com", "10.0.0.5", "2001:db8::1"])
+def test_a_login_without_starttls_to_a_remote_server_is_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match="SMTP_STARTTLS") as refused:
+        consumer_settings(
+            Environment({"SMTP_HOST": host, "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "pw-1"})
+        )
+    assert "pw-1" not in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.0.0.2", "::1", "[::1]"])
+def test_a_login_without_starttls_is_allowed_on_the_loopback(host: str) -> None:
+    settings = consumer_settings(
+        Environment({"SMTP_HOST": host, "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "pw"})
+    )
+    assert settings.smtp.username == "mailer"
+
+
+def test_a_login_with_starttls_to_a_remote_server_is_allowed() -> None:
+    settings = consumer_settings(
+        Environment(
+            {
+                "SMTP_HOST": "smtp.example.com",
+                "SMTP_USERNAME": "mailer",
+                "SMTP_STARTTLS": "true",
+            }
+        )
+    )
+    assert settings.smtp.starttls
+
+
+def test_the_metrics_address_is_configurable() -> None:
+    settings = consumer_settings(Environment({"METRICS_ADDRESS": "127.0.0.1"}))
+    assert settings.metrics_address == "127.0.0.1"

@@ -17,6 +17,7 @@ from producer_service.validation import (
     validate_registration,
     validate_username,
 )
+from shared.events import has_control_characters
 
 
 @pytest.mark.parametrize("username", ["abc", "Alice", "a.b-c_d", "0day", "x" * 32, "Bob_99"])
@@ -123,3 +124,45 @@ def test_any_refusal_is_a_single_line(text: str) -> None:
         message = _refusal(check, text)
         assert "\n" not in message
         assert "\r" not in message
+
+
+@pytest.mark.parametrize("email", ["ålice@example.com", "алиса@example.com", "\udcff@example.com"])
+def test_a_mailbox_name_outside_ascii_is_refused_because_it_could_never_be_sent(
+    email: str,
+) -> None:
+    # The worker's SMTP path has no SMTPUTF8: such an address could only be dead-lettered.
+    with pytest.raises(ValidationError, match=r"invalid email address.*before the @-sign"):
+        validate_email_address(email)
+
+
+def test_an_international_domain_is_stored_in_its_ascii_form() -> None:
+    assert validate_email_address("alice@exämple.com") == "alice@xn--exmple-cua.com"
+
+
+@pytest.mark.parametrize(
+    ("username", "email", "full_name", "field"),
+    [
+        ("alice\udcff", "alice@example.com", None, "username"),
+        ("alice", "alice\udcff@example.com", None, "email address"),
+        ("alice", "alice@example.com", "Alice \udcff", "full name"),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused_with_one_clear_line(
+    username: str, email: str, full_name: str | None, field: str
+) -> None:
+    # Bytes that are not UTF-8 on a command line reach Python as lone surrogates.
+    with pytest.raises(ValidationError, match=f"^{field} is not valid UTF-8 text$"):
+        validate_registration(username, email, full_name)
+
+
+def test_a_lone_surrogate_in_a_full_name_is_refused_on_its_own_too() -> None:
+    with pytest.raises(ValidationError, match="full name is not valid UTF-8 text"):
+        validate_full_name("\udcff")
+
+
+def test_the_control_character_rule_is_the_one_the_event_parser_applies() -> None:
+    for text in ("a\x85b", "a\u2029b", "a\x1bb"):
+        assert has_control_characters(text)
+        with pytest.raises(ValidationError, match="control characters"):
+            validate_full_name(text)
+    assert not has_control_characters("Zoë Ünal")

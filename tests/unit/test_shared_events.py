@@ -145,3 +145,14 @@ def test_missing_data_field_is_named() -> None:
     del document["data"]["email"]
     with pytest.raises(InvalidEvent, match="email"):
         parse_user_registered(_body(document))
+
+
+def test_integers_too_long_to_convert_are_refused_not_raised() -> None:
+    # Python refuses to convert integers of more than 4300 digits with a bare ValueError.
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        parse_user_registered(b'{"schema_version": ' + b"1" * 5000 + b"}")
+
+
+def test_deep_nesting_is_refused_not_raised() -> None:
+    with pytest.raises(InvalidEvent):
+        parse_user_registered(b"[" * 50_000 + b"]" * 50_000)

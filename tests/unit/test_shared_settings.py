@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from shared.amqp import connection_parameters, mask_url
+from shared.amqp import connection_parameters, mask_url, url_secrets
 from shared.errors import ConfigError
 from shared.settings import (
     DEFAULT_AMQP_URL,
@@ -57,6 +57,28 @@ def test_booleans_and_lists() -> None:
 def test_mask_url_hides_only_the_password() -> None:
     assert mask_url("amqp://user:s3cret@broker:5671/vh") == "amqp://user:***@broker:5671/vh"
     assert mask_url("amqp://broker/") == "amqp://broker/"
+
+
+def test_mask_url_never_raises_and_never_reveals() -> None:
+    masked = mask_url("amqp://user:s3cret@broker:notaport/vh")
+    assert "s3cret" not in masked
+
+
+def test_url_secrets_include_the_decoded_password() -> None:
+    assert url_secrets("amqp://u:p%40ss@h/") == ["p%40ss", "p@ss"]
+    assert url_secrets("amqp://h/") == []
+
+
+def test_ports_are_bounded() -> None:
+    with pytest.raises(ConfigError, match="SMTP_PORT must be at most 65535"):
+        Environment({"SMTP_PORT": "70000"}).port("SMTP_PORT", 25)
+    assert Environment({"METRICS_PORT": "0"}).port("METRICS_PORT", 0, allow_zero=True) == 0
+
+
+def test_missing_tls_ca_file_is_a_configuration_error() -> None:
+    env = Environment({"AMQP_URL": "amqps://h/", "AMQP_TLS_CA_FILE": "/nonexistent/ca.pem"})
+    with pytest.raises(ConfigError, match="TLS"):
+        connection_parameters(broker_settings(env))
 
 
 def test_connection_parameters_apply_heartbeat_and_verified_tls() -> None:

@@ -1,0 +1,103 @@
+"""Settling a delivery on the connection thread: nothing may escape a pika callback.
+
+The broker path is covered by the integration tests; these fake the two channels, because a
+copy that pika cannot encode or the broker refuses cannot be produced on demand there.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from email_consumer.metrics import WorkerMetrics
+from email_consumer.retry_policy import RetryPolicy
+from email_consumer.settings import WorkerSettings
+from email_consumer.worker import Worker, _Forward, _Session
+from shared.settings import BrokerSettings
+
+
+class FakeChannel:
+    def __init__(self, publish_error: BaseException | None = None) -> None:
+        self.is_open = True
+        self.publish_error = publish_error
+        self.acked: list[int] = []
+        self.nacked: list[tuple[int, bool]] = []
+        self.published = 0
+
+    def basic_publish(self, *args: Any, **kwargs: Any) -> None:
+        if self.publish_error is not None:
+            raise self.publish_error
+        self.published += 1
+
+    def basic_ack(self, delivery_tag: int) -> None:
+        self.acked.append(delivery_tag)
+
+    def basic_nack(self, delivery_tag: int, requeue: bool) -> None:
+        self.nacked.append((delivery_tag, requeue))
+
+
+def _worker(metrics: WorkerMetrics) -> Worker:
+    return Worker(
+        broker=BrokerSettings("amqp://guest:guest@localhost/%2F", 30, 60, None, None, None),
+        settings=WorkerSettings(
+            concurrency=1,
+            prefetch=1,
+            shutdown_timeout_s=1,
+            claim_lease_s=300,
+            reconnect_max_delay_s=1,
+            processed_retention_s=3600,
+        ),
+        policy=RetryPolicy(),
+        handler=None,  # type: ignore[arg-type]  # not reached by settling
+        metrics=metrics,
+        stopping=threading.Event(),
+    )
+
+
+def _settle(publish_error: BaseException | None) -> tuple[FakeChannel, WorkerMetrics]:
+    metrics = WorkerMetrics()
+    consume, publish = FakeChannel(), FakeChannel(publish_error)
+    session = _Session(connection=None, consume_channel=consume, publish_channel=publish)
+    session.in_flight = 1
+    action = _Forward("dlx", "dlq", {"attempts": 1}, "dead_lettered")
+    _worker(metrics)._settle(
+        session, 7, pika.BasicProperties(), b"{}", action, time.monotonic(), "event-1"
+    )
+    return consume, metrics
+
+
+def _dead_lettered(metrics: WorkerMetrics) -> float:
+    value = metrics.registry.get_sample_value(
+        "email_consumer_events_total", {"outcome": "dead_lettered"}
+    )
+    return value or 0.0
+
+
+def test_a_copy_pika_cannot_encode_requeues_the_original_instead_of_crashing() -> None:
+    consume, metrics = _settle(struct.error("argument out of range"))
+    assert consume.nacked == [(7, True)]
+    assert consume.acked == []
+    assert _dead_lettered(metrics) == 0
+
+
+def test_a_copy_the_broker_refuses_is_not_counted_as_moved() -> None:
+    consume, metrics = _settle(pika.exceptions.UnroutableError([]))
+    assert consume.nacked == [(7, True)]
+    assert _dead_lettered(metrics) == 0
+
+
+def test_a_moved_copy_acks_the_original_and_is_counted() -> None:
+    consume, metrics = _settle(None)
+    assert consume.acked == [7]
+    assert _dead_lettered(metrics) == 1
+
+
+def test_connection_errors_still_reach_the_reconnect_logic() -> None:
+    with pytest.raises(pika.exceptions.StreamLostError):
+        _settle(pika.exceptions.StreamLostError("connection lost"))
