@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from shared import topology
-from tests.integration.test_worker_harness import dead_letters, peek, running_worker, wait_until
 from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import dead_letters, peek, running_worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

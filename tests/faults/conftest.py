@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import Stack
-from tests.support.rabbit_node import RabbitNode, private_rabbit
+from tests.support.rabbit_node import RabbitNode
 from tests.support.smtp import SmtpTestServer
-
-__all__ = ["private_rabbit", "stack"]
 
 
 @pytest.fixture

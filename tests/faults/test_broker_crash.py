@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tests.faults.harness import Stack, account, record, scaled
+from tests.faults.harness import TEST_TIMEOUT_S, Stack, account, record, scaled
 
-pytestmark = [pytest.mark.private_node, pytest.mark.slow]
+pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 
 def test_broker_killed_twice_mid_stream_loses_nothing(stack: Stack) -> None:

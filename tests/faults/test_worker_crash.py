@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import Stack, account, record, scaled
+from tests.faults.harness import TEST_TIMEOUT_S, Stack, account, record, scaled
 
-pytestmark = [pytest.mark.private_node, pytest.mark.slow]
+pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 CONCURRENCY = 4
+WORKER_ENV = {
+    "WORKER_CONCURRENCY": str(CONCURRENCY),
+    # A crashed worker's claims stay taken for WORKER_CLAIM_LEASE_S (12 s here); redeliveries
+    # meanwhile are retried, so the retries must last longer than that before the DLQ.
+    "RETRY_DELAYS_S": "1,2,4,8",
+}
 
 
 def test_worker_killed_mid_processing_loses_nothing(stack: Stack) -> None:
@@ -20,7 +26,7 @@ def test_worker_killed_mid_processing_loses_nothing(stack: Stack) -> None:
     assert stack.run("producer-service", "simulate", "--count", str(count)).returncode == 0
     committed = stack.committed_event_ids()
     stack.start_relay()
-    worker = stack.start_worker(WORKER_CONCURRENCY=str(CONCURRENCY))
+    worker = stack.start_worker(**WORKER_ENV)
 
     step = count // (kills + 1)
     for kill in range(1, kills + 1):
@@ -30,7 +36,7 @@ def test_worker_killed_mid_processing_loses_nothing(stack: Stack) -> None:
 
         stack.wait_for(progressed, 120, f"{kill * step} emails before kill {kill}")
         worker.kill()
-        worker = stack.start_worker(WORKER_CONCURRENCY=str(CONCURRENCY))
+        worker = stack.start_worker(**WORKER_ENV)
 
     took = stack.wait_until_delivered(committed)
     stack.settle()

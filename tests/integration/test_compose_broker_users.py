@@ -26,17 +26,11 @@ import pytest
 
 from shared import topology
 from shared.events import serialise
-from tests.integration.test_worker_harness import (
-    dead_letters,
-    new_event,
-    peek,
-    publish,
-    running_worker,
-    wait_until,
-)
 from tests.support.broker import BrokerAdmin
 from tests.support.compose import DEFINITIONS_FILE, environment_of, load_services
 from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import dead_letters, new_event, peek, publish, running_worker
 
 pytestmark = pytest.mark.broker
 

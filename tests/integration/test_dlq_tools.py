@@ -15,14 +15,14 @@ from email_consumer import failure_headers
 from email_consumer.errors import SmtpRejected
 from shared import topology
 from shared.events import serialise
-from tests.integration.test_worker_harness import (
+from tests.support.smtp import free_port
+from tests.support.worker import (
     TEST_RETRY_DELAYS,
     dead_letters,
     new_event,
     peek,
     publish_event,
 )
-from tests.support.smtp import free_port
 
 pytestmark = pytest.mark.broker
 

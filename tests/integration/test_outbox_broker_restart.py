@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     COMMAND,
     database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
@@ -18,9 +18,9 @@ from tests.integration.test_producer_support import (
     producer_env,
     run_producer,
     start_producer,
-    wait_until,
 )
 from tests.support.rabbit_node import RabbitNode
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.private_node, pytest.mark.postgres, pytest.mark.slow]
 REGISTRATIONS = 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     closed_port_url,
     database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     outbox_rows,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     COMMAND,
     closed_port_url,
     drain_queue,

@@ -14,8 +14,8 @@ from producer_service.publisher import ConfirmingPublisher
 from shared.amqp import BrokerUnavailable
 from shared.settings import BrokerSettings, Environment, broker_settings
 from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
-from tests.integration.test_producer_support import closed_port_url, drain_queue, message_ids
 from tests.support.broker import BrokerAdmin, ready_count
+from tests.support.producer import closed_port_url, drain_queue, message_ids
 
 pytestmark = pytest.mark.broker
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from shared.events import parse_user_registered
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     closed_port_url,
     database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     drain_queue,
     json_lines,
     message_ids,

@@ -10,7 +10,7 @@ import pika
 import pytest
 
 from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
-from tests.integration.test_producer_support import (
+from tests.support.producer import (
     COMMAND,
     closed_port_url,
     database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
@@ -21,8 +21,8 @@ from tests.integration.test_producer_support import (
     producer_env,
     run_producer,
     start_producer,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 

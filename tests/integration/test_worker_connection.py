@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 
 from shared import topology
-from tests.integration.test_worker_harness import (
-    dead_letters,
-    new_event,
-    peek,
-    publish_event,
-    running_worker,
-    wait_until,
-)
 from tests.support.broker import BrokerAdmin
 from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import dead_letters, new_event, peek, publish_event, running_worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from shared import topology
-from tests.integration.test_worker_harness import (
+from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import (
     WorkerProcess,
     dead_letters,
     new_event,
     peek,
     publish_event,
     running_worker,
-    wait_until,
     worker_environment,
 )
-from tests.support.smtp import SmtpTestServer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

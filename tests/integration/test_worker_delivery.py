@@ -10,16 +10,16 @@ import pytest
 
 from shared import topology
 from shared.events import serialise, to_dict
-from tests.integration.test_worker_harness import (
+from tests.support.smtp import SmtpTestServer, free_port
+from tests.support.waiting import wait_until
+from tests.support.worker import (
     dead_letters,
     new_event,
     peek,
     publish,
     publish_event,
     running_worker,
-    wait_until,
 )
-from tests.support.smtp import SmtpTestServer, free_port
 
 pytestmark = pytest.mark.broker
 

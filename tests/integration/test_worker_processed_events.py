@@ -11,14 +11,9 @@ import pytest
 
 from email_consumer.ports import Claim
 from email_consumer.processed_events import SqlProcessedEvents
-from tests.integration.test_worker_harness import (
-    dead_letters,
-    new_event,
-    publish_event,
-    running_worker,
-    wait_until,
-)
 from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import dead_letters, new_event, publish_event, running_worker
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

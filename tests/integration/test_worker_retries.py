@@ -13,7 +13,9 @@ import pytest
 
 from shared import topology
 from shared.events import serialise
-from tests.integration.test_worker_harness import (
+from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
+from tests.support.worker import (
     TEST_RETRY_DELAYS,
     dead_letters,
     new_event,
@@ -21,10 +23,8 @@ from tests.integration.test_worker_harness import (
     publish_event,
     running_worker,
     smtp_server_requiring_login,
-    wait_until,
     worker_environment,
 )
-from tests.support.smtp import SmtpTestServer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

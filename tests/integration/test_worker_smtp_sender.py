@@ -21,8 +21,8 @@ from email_consumer.errors import (
 from email_consumer.settings import SmtpSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from shared.errors import TransientError
-from tests.integration.test_worker_harness import smtp_server_requiring_login
 from tests.support.smtp import SmtpTestServer, free_port
+from tests.support.worker import smtp_server_requiring_login
 
 
 def _settings(server: SmtpTestServer, **changes: object) -> SmtpSettings:

@@ -186,16 +186,25 @@ def test_the_predeclared_topology_is_exactly_what_the_services_declare(
     compose_broker: RabbitNode,
 ) -> None:
     # RabbitMQ refuses (PRECONDITION_FAILED) a redeclaration whose arguments differ, so the
-    # code's declaration succeeding on the definitions' topology proves they are identical.
+    # code's arguments, declared actively (not passively, as declare_topology first does) on
+    # the definitions' topology, prove both identical.
+    queues = {
+        topology.QUEUE: topology.main_queue_arguments(),
+        topology.DEAD_LETTER_QUEUE: {"x-queue-type": "quorum"},
+        **{
+            topology.retry_queue_name(d): topology.retry_queue_arguments(d)
+            for d in topology.DEFAULT_RETRY_DELAYS_S
+        },
+    }
     connection = _connect(compose_broker, "admin")
     try:
-        topology.declare_topology(connection.channel())
+        channel = connection.channel()
+        channel.exchange_declare(topology.EXCHANGE, "topic", durable=True)
+        channel.exchange_declare(topology.DEAD_LETTER_EXCHANGE, "direct", durable=True)
+        channel.exchange_declare(topology.RETRY_EXCHANGE, "direct", durable=True)
+        for name, arguments in queues.items():
+            channel.queue_declare(name, durable=True, arguments=arguments)
     finally:
         connection.close()
     listed = compose_broker.rabbitmqctl("list_queues", "name", "--quiet", "--no-table-headers")
-    expected = {
-        topology.QUEUE,
-        topology.DEAD_LETTER_QUEUE,
-        *(topology.retry_queue_name(d) for d in topology.DEFAULT_RETRY_DELAYS_S),
-    }
-    assert set(listed.split()) == expected
+    assert set(listed.split()) == set(queues)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pika
-import tenacity
 
 from shared import topology
 from shared.events import UserRegistered, new_user_registered, serialise
+from tests.support.waiting import wait_until
 
 # Short delays, so a test sees an event come back from a retry queue within seconds.
 TEST_RETRY_DELAYS = (1, 2)
@@ -103,20 +103,6 @@ def peek(amqp_url: str, queue: str) -> list[QueuedMessage]:
 
 def dead_letters(amqp_url: str) -> list[QueuedMessage]:
     return peek(amqp_url, topology.DEAD_LETTER_QUEUE)
-
-
-def wait_until(
-    condition: Callable[[], bool], *, timeout_s: float = 60.0, what: str = "condition"
-) -> None:
-    """Poll `condition` until true; fail naming `what` when `timeout_s` passes."""
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(timeout_s),
-        wait=tenacity.wait_fixed(0.2),
-        retry=tenacity.retry_if_result(lambda ok: not ok),
-        retry_error_callback=lambda _state: False,
-    )
-    if not retrying(condition):
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def worker_environment(

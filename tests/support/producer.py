@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,15 +122,6 @@ def outbox_rows(database_url: str) -> list[sa.Row[Any]]:
 
 def user_count(database_url: str) -> int:
     return int(read_table(database_url, "SELECT count(*) FROM users")[0][0])
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
-    """Poll until `condition()` holds; fail naming `what` if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.2)
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
