@@ -43,6 +43,9 @@ ONCE_CONNECT_ATTEMPTS: Final = 5
 _MAX_RECONNECT_WAIT_S: Final = 30.0
 _MAX_FAILURE_PAUSE_S: Final = 60.0
 _SWEEP_EVERY_S: Final = 60.0
+# The first pause after a pass that found nothing; doubled per empty pass up to the poll
+# interval.
+_FIRST_IDLE_PAUSE_S: Final = 0.005
 _IDLE_SLICE_S: Final = 0.25
 _log = get_logger(__name__)
 
@@ -95,7 +98,7 @@ class OutboxRelay:
     def run_forever(self) -> RelayTotals:
         """Relay until `stop_requested` is set, reconnecting with backoff when the broker goes."""
         publisher: EventPublisher | None = None
-        failed_passes = database_failures = 0
+        failed_passes = database_failures = idle_passes = 0
         next_sweep = self._clock()
         try:
             while not self.stop_requested.is_set():
@@ -130,8 +133,9 @@ class OutboxRelay:
                     continue
                 database_failures = 0
                 failed_passes = failed_passes + 1 if failed and not published else 0
+                idle_passes = idle_passes + 1 if not (published or failed) else 0
                 if not published:
-                    self._idle(publisher, self._pause_s(failed_passes))
+                    self._idle(publisher, self._pause_s(failed_passes, idle_passes))
         finally:
             if publisher is not None:
                 publisher.close()
@@ -215,13 +219,13 @@ class OutboxRelay:
                 return
             publisher.idle(min(remaining, _IDLE_SLICE_S))
 
-    def _pause_s(self, failed_passes: int) -> float:
+    def _pause_s(self, failed_passes: int, idle_passes: int = 1) -> float:
         # Events the broker keeps returning would otherwise be retried (and logged) at the
         # polling rate; back off while nothing gets through.
-        if failed_passes == 0:
-            return self._settings.poll_interval_s
-        pause: float = self._settings.poll_interval_s * 2.0**failed_passes
-        return min(pause, _MAX_FAILURE_PAUSE_S)
+        if failed_passes:
+            pause: float = self._settings.poll_interval_s * 2.0**failed_passes
+            return min(pause, _MAX_FAILURE_PAUSE_S)
+        return idle_pause_s(idle_passes, self._settings.poll_interval_s)
 
     def _report(self, messages: Sequence[OutboxMessage], outcome: PublishOutcome) -> None:
         self.totals.published += len(outcome.published)
@@ -245,3 +249,14 @@ def _log_retry(state: RetryCallState) -> None:
         retry_in_s=round(wait_s, 2),
         error=str(error),
     )
+
+
+def idle_pause_s(idle_passes: int, poll_interval_s: float) -> float:
+    """How long to wait after `idle_passes` passes in a row found nothing to publish.
+
+    Right after traffic the next event is likely milliseconds away: poll again soon, then slow
+    down towards the configured interval while the outbox stays empty. A relay that always
+    slept the whole interval would add up to that much to every event's latency.
+    """
+    pause: float = _FIRST_IDLE_PAUSE_S * 2.0 ** max(idle_passes - 1, 0)
+    return min(pause, poll_interval_s)

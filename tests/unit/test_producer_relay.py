@@ -19,7 +19,7 @@ from producer_service.ports import (
     PublishOutcome,
 )
 from producer_service.registration import RegisterUser
-from producer_service.relay import OutboxRelay
+from producer_service.relay import OutboxRelay, idle_pause_s
 from producer_service.settings import RelaySettings
 from producer_service.validation import ValidationError
 from shared.errors import TransientError
@@ -303,3 +303,10 @@ def test_run_forever_waits_out_a_database_outage() -> None:
     OutboxRelay(outbox, lambda: publisher, SETTINGS, stop=stop).run_forever()
 
     assert outbox.pending() == []
+
+
+def test_an_idle_relay_polls_again_soon_then_slows_to_the_interval() -> None:
+    pauses = [idle_pause_s(n, poll_interval_s=1.0) for n in range(1, 12)]
+    assert pauses[0] < 0.01  # right after traffic: milliseconds, not the whole interval
+    assert pauses == sorted(pauses)
+    assert pauses[-1] == 1.0  # a long-idle relay polls at the configured interval

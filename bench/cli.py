@@ -1,0 +1,210 @@
+"""`python -m bench`: run every section, print the table, write bench/results/latest.json.
+
+A section that fails is recorded with its error and the others still run; the exit code is 1
+if any section failed, so CI notices a broken harness, and 0 otherwise whatever the figures
+are (figures are for people to read, never a pass/fail in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import machine
+from bench.logs import quiet_pika
+from bench.report import markdown, print_report, write_json
+from bench.results import Section, Target, compute_ratios, document, evaluate
+from bench.sections import deliver, latency, memory, publish
+from bench.sizes import Sizes, sizes_for
+from bench.vhost import broker_admin
+
+SECTIONS = ("publish", "deliver", "latency", "memory")
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def targets(sizes: Sizes) -> list[Target]:
+    """The issue's targets, each a ratio (or value) read from figures of the same run."""
+    slow = f"{round(sizes.sink_latency_s * 1000)}ms"
+    return [
+        Target(
+            "relay ≥ 0.5x plain pipelined pika",
+            "publish",
+            "relay",
+            "pika_pipelined",
+            "at_least",
+            0.5,
+        ),
+        Target(
+            "relay ≥ 5x Dramatiq send (confirms)",
+            "publish",
+            "relay",
+            "dramatiq_send",
+            "at_least",
+            5.0,
+        ),
+        Target(
+            f"worker ≥ 0.8x ideal, {slow} sink",
+            "deliver",
+            f"worker_{slow}",
+            f"ideal_{slow}",
+            "at_least",
+            0.8,
+        ),
+        Target(
+            f"worker > Dramatiq, {slow} sink",
+            "deliver",
+            f"worker_{slow}",
+            f"dramatiq_{slow}",
+            "above",
+            1.0,
+        ),
+        Target(
+            f"latency p99 < 25 ms at {sizes.latency_rate:g}/s",
+            "latency",
+            "p99",
+            None,
+            "below",
+            latency.TARGET_P99_MS,
+        ),
+        Target(
+            "worker RSS flat (end ≤ 1.10x warm-up)",
+            "memory",
+            "rss_end",
+            "rss_warmup",
+            "below",
+            1.10,
+        ),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the relay and the worker beside plain pika, Dramatiq and Celery.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny run that only checks the harness works (for CI)",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        metavar="N",
+        help="events per fast publisher; the other sections scale with it",
+    )
+    parser.add_argument(
+        "--memory-events",
+        type=int,
+        metavar="N",
+        help="events through the worker in the memory section (100,000)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="WORKER_CONCURRENCY, and the Dramatiq worker's threads",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        metavar="R",
+        help="registrations per second in the latency section (default: 200)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="LOG_LEVEL of the measured services (default: INFO, as shipped)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"where to write the JSON (default: {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="FILE",
+        help="also write the tables in Markdown (for docs/PERFORMANCE.md)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="keep the services' logs and databases in DIR"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("events", "memory_events", "concurrency"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            build_parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    sizes = sizes_for(
+        smoke=args.smoke,
+        events=args.events,
+        memory_events=args.memory_events,
+        concurrency=args.concurrency,
+    )
+    if args.latency_rate is not None:
+        if not args.latency_rate > 0:
+            build_parser().error("--latency-rate must be above 0")
+        sizes = replace(sizes, latency_rate=args.latency_rate)
+    # Piped output (CI logs, `| tee`) gets a width that fits the table instead of rich's 80.
+    quiet_pika()
+    console = Console() if Console().is_terminal else Console(width=150)
+    meta = machine.describe(broker_admin().base_url)
+    meta["sizes"] = asdict(sizes)
+    meta["smoke"] = args.smoke
+    chosen = args.only or list(SECTIONS)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        workdir = args.keep_logs or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        runners: dict[str, Callable[[], Section]] = {
+            "publish": lambda: publish.run(sizes, workdir),
+            "deliver": lambda: deliver.run(sizes, workdir, args.log_level),
+            "latency": lambda: latency.run(sizes, workdir, args.log_level),
+            "memory": lambda: memory.run(sizes, workdir, args.log_level),
+        }
+        sections = {name: _run_section(name, runners[name], console) for name in chosen}
+
+    meta["load_average_at_end"] = machine.load_average()
+    for section in sections.values():
+        compute_ratios(section)
+    evaluated = [evaluate(t, sections) for t in targets(sizes) if t.section in sections]
+    write_json(args.output, document(meta, sections, evaluated))
+    if args.markdown:
+        args.markdown.write_text(markdown(sections, evaluated))
+    print_report(console, sections, evaluated, meta)
+    console.print(f"written: {args.output}")
+    return 1 if any(section.error for section in sections.values()) else 0
+
+
+def _run_section(name: str, runner: Callable[[], Section], console: Console) -> Section:
+    console.print(f"[bold]{name}[/bold] … (load average {machine.load_average()})")
+    started = time.monotonic()
+    try:
+        section = runner()
+    except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
+        console.print(f"[red]{name} failed[/red]: {error}")
+        console.print(traceback.format_exc(limit=6), markup=False, highlight=False)
+        section = Section(name, error=f"{type(error).__name__}: {error}")
+    section.seconds = time.monotonic() - started
+    section.parameters["load_average_after"] = machine.load_average()
+    console.print(f"  done in {section.seconds:.1f} s")
+    return section

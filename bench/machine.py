@@ -1,0 +1,76 @@
+"""What the benchmark ran on: CPU, memory, load, and the versions of everything measured."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pika
+
+_PACKAGES = ("pika", "dramatiq", "celery", "kombu", "SQLAlchemy", "aiosmtpd", "rabbit-welcome")
+
+
+def describe(amqp_url: str) -> dict[str, Any]:
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _memory_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "rabbitmq": _rabbitmq_version(amqp_url),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "load_average_at_start": load_average(),
+    }
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _rabbitmq_version(amqp_url: str) -> str | None:
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    except (pika.exceptions.AMQPError, OSError):
+        return None
+    try:
+        properties = connection._impl.server_properties  # pika keeps them only there
+        raw = properties.get("version", b"")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    finally:
+        connection.close()

@@ -1,0 +1,1 @@
+"""One module per benchmark section; each returns a `bench.results.Section`."""

@@ -1,0 +1,116 @@
+"""The benchmark harness still runs end to end (`python -m bench --smoke`).
+
+A tiny run against the real broker and the real services: it proves that every section can
+still set up its vhost, start the worker, the relay and the peers, and write its figures. It
+asserts the shape of the results, never a timing: speed is read by people from `make bench`.
+The harness isolates itself like the tests do: every section in a fresh private vhost, created
+and deleted through tests/support/broker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import REPO_ROOT
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+SECTIONS = {
+    "publish": {"pika_pipelined", "dramatiq_send", "celery_apply_async", "relay"},
+    "deliver": {
+        "dramatiq_instant",
+        "worker_instant",
+        "ideal_50ms",
+        "dramatiq_50ms",
+        "worker_50ms",
+        "dramatiq_cpu_per_email",
+        "worker_cpu_per_email",
+    },
+    "latency": {
+        *(f"dramatiq_{p}" for p in ("p50", "p95", "p99", "max")),
+        *("p50", "p95", "p99", "max"),
+        "p50_relay_poll_10ms",
+        "p99_relay_poll_10ms",
+    },
+    "memory": {"rss_warmup", "rss_end", "rss_peak"},
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    workdir = tmp_path_factory.mktemp("bench")
+    output = workdir / "latest.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--output",
+            str(output),
+            "--keep-logs",
+            str(workdir / "logs"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    loaded: dict[str, object] = json.loads(Path(output).read_text())
+    return loaded
+
+
+def test_every_section_ran_without_error(smoke_results: dict[str, object]) -> None:
+    sections = smoke_results["sections"]
+    assert isinstance(sections, dict)
+    assert set(sections) == set(SECTIONS)
+    for name, section in sections.items():
+        assert section["error"] is None, f"{name}: {section['error']}"
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_section_has_every_figure_with_a_value(
+    smoke_results: dict[str, object], section: str
+) -> None:
+    sections = smoke_results["sections"]
+    assert isinstance(sections, dict)
+    figures = sections[section]["figures"]
+    assert set(figures) == SECTIONS[section]
+    for key, figure in figures.items():
+        assert isinstance(figure["value"], int | float), key
+        assert figure["value"] > 0, key
+        if figure["baseline"] is not None:
+            assert figure["baseline"] in figures, key
+            assert isinstance(figure["ratio"], int | float), key
+
+
+def test_every_email_was_delivered_exactly_once(smoke_results: dict[str, object]) -> None:
+    sections = smoke_results["sections"]
+    assert isinstance(sections, dict)
+    for name, run in sections["deliver"]["parameters"]["runs"].items():
+        assert (
+            run["delivered"]
+            == run["distinct_event_ids"]
+            == sections["deliver"]["parameters"]["events"]
+        ), name
+    memory = sections["memory"]["parameters"]
+    assert memory["distinct_emails"] == memory["events"]
+
+
+def test_targets_and_machine_are_recorded(smoke_results: dict[str, object]) -> None:
+    targets = smoke_results["targets"]
+    assert isinstance(targets, list)
+    assert len(targets) == 6
+    assert all(target["measured"] is not None for target in targets)
+    meta = smoke_results["meta"]
+    assert isinstance(meta, dict)
+    assert meta["cpus"]
+    assert meta["rabbitmq"]
+    assert meta["smoke"] is True
