@@ -20,12 +20,11 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 import tenacity
 
 from email_consumer.errors import EventBusy
-from email_consumer.ports import Claim, EmailSender, ProcessedEvents
+from email_consumer.ports import Claim, EmailSender, ProcessedEvents, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
 from shared.errors import PermanentError, ServiceError
@@ -79,12 +78,12 @@ class WelcomeEmailHandler:
         attempts = 0
         token: str | None = None
         try:
-            message = self._renderer.render(event)
+            email = self._renderer.render(event)
             retrying = self._policy.in_process(before_sleep=_log_retry, stopping=self._stopping)
             for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    token = self._claim_and_send(event, message)
+                    token = self._claim_and_send(event, email)
         except ServiceError as error:
             return HandlingResult(Outcome.FAILED, max(attempts, 1), error)
         if token is None:
@@ -95,7 +94,7 @@ class WelcomeEmailHandler:
         self._record_sent(event.event_id, token)
         return HandlingResult(Outcome.SENT, attempts)
 
-    def _claim_and_send(self, event: UserRegistered, message: EmailMessage) -> str | None:
+    def _claim_and_send(self, event: UserRegistered, email: RenderedEmail) -> str | None:
         """The claim token once the email was sent; None when it had been sent before."""
         token = self._new_token()
         claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
@@ -105,7 +104,7 @@ class WelcomeEmailHandler:
         if claim is Claim.HELD_ELSEWHERE:
             raise EventBusy("another delivery of this event is being processed")
         try:
-            self._sender.send(message)
+            self._sender.send(email)
         except BaseException:
             self._release_quietly(event.event_id, token)
             raise

@@ -6,13 +6,29 @@ The adapters live in `smtp_sender.py` and `processed_events.py`; unit tests use 
 from __future__ import annotations
 
 import enum
-from email.message import EmailMessage
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class RenderedEmail:
+    """A message ready for the wire: its SMTP envelope and its serialised bytes.
+
+    The message is serialised once, when rendered, and sent as these very bytes, so the sender
+    never builds or re-flattens a message (that cost as much CPU as building it).
+    """
+
+    envelope_from: str  # MAIL FROM: the bare address of MAIL_FROM
+    envelope_to: str  # RCPT TO: the user's address, the one in the To header
+    # The whole message, CRLF line endings, as the `email` package wrote it; kept out of repr so
+    # a logged value never carries the user's name and address.
+    data: bytes = field(repr=False)
+    message_id: str
+
+
 class EmailSender(Protocol):
-    def send(self, message: EmailMessage) -> None:
-        """Hand the message to the mail server; returns once the server accepted it.
+    def send(self, email: RenderedEmail) -> None:
+        """Hand the email to the mail server; returns once the server accepted it.
 
         Raises `TransientError` (try again later) or `PermanentError` (never will work).
         """

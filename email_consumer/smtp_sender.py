@@ -2,8 +2,12 @@
 
 One SMTP connection per worker thread, opened on first use and reused for the next emails
 (smtplib objects are not thread-safe, and a fresh TCP + TLS + login per email is slow). A broken
-or stale connection is dropped and reopened. Every smtplib and socket error is wrapped at this
-edge, and the edge tells two phases apart:
+or stale connection is dropped and reopened: one idle for a few seconds is checked with NOOP
+before use (servers close idle sessions), and one that breaks under a send is reopened once and
+the send tried again on the fresh one. A NOOP before every email would cost a round trip each.
+The email arrives already serialised (`RenderedEmail`) and goes out as those very bytes.
+
+Every smtplib and socket error is wrapped at this edge, and the edge tells two phases apart:
 
 * Opening the session (connect, greeting, EHLO, STARTTLS, AUTH): whatever fails there fails for
   every message alike, so it is never a verdict on this message. Connection errors and timeouts
@@ -18,7 +22,8 @@ from __future__ import annotations
 import smtplib
 import ssl
 import threading
-from email.message import EmailMessage
+import time
+from collections.abc import Callable
 
 from email_consumer.errors import (
     SmtpRejected,
@@ -27,26 +32,50 @@ from email_consumer.errors import (
     SmtpUnavailable,
     UndeliverableMessage,
 )
+from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
 from shared.logging import get_logger
 
 _log = get_logger(__name__)
 
+# After this long unused, a connection is checked with NOOP before the next email. Servers drop
+# idle sessions after tens of seconds or more, so a busy worker skips the round trip.
+IDLE_CHECK_AFTER_S = 5.0
+
 
 class SmtpEmailSender:
     """Sends messages with smtplib, wrapping failures into the worker's error classes."""
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        idle_check_after_s: float = IDLE_CHECK_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        self._idle_check_after_s = idle_check_after_s
+        self._clock = clock
+        # Per thread: `connection` (or None) and `last_used`, the clock when it last answered.
         self._local = threading.local()
         # Every thread's open connection, so `close_all` can say QUIT to each at shutdown.
         self._open_connections: set[smtplib.SMTP] = set()
         self._registry_lock = threading.Lock()
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, email: RenderedEmail) -> None:
+        previous = getattr(self._local, "connection", None)
         connection = self._session()
         try:
-            connection.send_message(message)
+            try:
+                self._transmit(connection, email)
+            except (smtplib.SMTPServerDisconnected, ConnectionError):
+                if connection is not previous:
+                    raise  # a fresh connection broke: the server is in trouble, not the session
+                # A reused connection the server had closed (idle timeout, restart) fails at its
+                # first command, before the message went out, so one fresh connection retries.
+                # Breaking later, mid-message, is the at-least-once case any retry has.
+                self._discard()
+                self._transmit(self._session(), email)
         except smtplib.SMTPRecipientsRefused as error:
             self._discard()
             code, text = _first_reply(error.recipients)
@@ -62,6 +91,18 @@ class SmtpEmailSender:
             # OSError covers refused and reset connections and socket timeouts.
             self._discard()
             raise SmtpUnavailable(_describe(error, self._settings)) from None
+
+    def _transmit(self, connection: smtplib.SMTP, email: RenderedEmail) -> None:
+        # SMTPUTF8 only when an address needs it; `mail` raises SMTPNotSupportedError if the
+        # server lacks it (as `send_message` did), which `send` maps to UndeliverableMessage.
+        international = not (email.envelope_from.isascii() and email.envelope_to.isascii())
+        connection.sendmail(
+            email.envelope_from,
+            [email.envelope_to],
+            email.data,
+            mail_options=["SMTPUTF8"] if international else [],
+        )
+        self._local.last_used = self._clock()
 
     def close(self) -> None:
         """Close this thread's connection, if any."""
@@ -108,16 +149,21 @@ class SmtpEmailSender:
     def _connection(self) -> smtplib.SMTP:
         connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
         if connection is not None:
+            if self._clock() - self._local.last_used < self._idle_check_after_s:
+                return connection
             try:
-                # Servers close idle sessions; finding out now avoids failing mid-message.
+                # Idle a while: the server may have closed it; finding out now is cheaper than
+                # failing mid-message.
                 code, _ = connection.noop()
                 if code == 250:
+                    self._local.last_used = self._clock()
                     return connection
             except (smtplib.SMTPException, OSError):
                 pass
             self._discard()
         connection = self._open()
         self._local.connection = connection
+        self._local.last_used = self._clock()
         with self._registry_lock:
             self._open_connections.add(connection)
         return connection

@@ -13,7 +13,7 @@ from typing import Final
 from email_validator import EmailNotValidError, validate_email
 
 from shared.errors import PermanentError
-from shared.events import has_control_characters
+from shared.events import has_control_characters, has_encoded_word
 
 USERNAME_MIN: Final = 3
 USERNAME_MAX: Final = 32
@@ -79,6 +79,8 @@ def validate_email_address(email: str) -> str:
     """
     if has_control_characters(email):
         raise ValidationError("invalid email address: it contains control characters")
+    if has_encoded_word(email):
+        raise ValidationError("invalid email address: it contains '=?'")
     try:
         # No deliverability check: a registration must not depend on DNS answering.
         checked = validate_email(email, check_deliverability=False, allow_smtputf8=False)
@@ -99,6 +101,8 @@ def validate_full_name(full_name: str | None) -> str | None:
     _require_encodable("full name", cleaned)
     if has_control_characters(cleaned):
         raise ValidationError("full name contains control characters")
+    if has_encoded_word(cleaned):
+        raise ValidationError("full name contains '=?', which mail software would decode")
     return cleaned
 
 

@@ -163,6 +163,8 @@ def _clean_text(value: object, field: str) -> str:
         raise InvalidEvent(f"{field} is empty or longer than {MAX_FIELD_CHARS} characters")
     if has_control_characters(value):
         raise InvalidEvent(f"{field} contains control characters")
+    if has_encoded_word(value):
+        raise InvalidEvent(f"{field} contains '=?', the start of a MIME encoded-word")
     return value
 
 
@@ -173,6 +175,17 @@ def has_control_characters(text: str) -> bool:
     with this same rule, so what it stores always parses here.
     """
     return any(_is_control(char) for char in text)
+
+
+def has_encoded_word(text: str) -> bool:
+    """True if `text` could hold a MIME encoded-word (`=?charset?q?...?=`).
+
+    Python's email package decodes encoded-words wherever a header is parsed, quoted display
+    names included, so a name like `=?utf-8?q?Bcc=3A_x=40evil?=` would come out of the `To`
+    header as `Bcc: x@evil`. No real name contains `=?`; refusing it is the simple, sure rule.
+    The producer refuses such input with this same rule.
+    """
+    return "=?" in text
 
 
 def _is_control(char: str) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import smtplib
 import ssl
 import subprocess
 import threading
 import uuid
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from email_consumer.errors import (
     SmtpTemporarilyRefused,
     SmtpUnavailable,
 )
+from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from shared.errors import TransientError
@@ -38,14 +41,64 @@ def _settings(server: SmtpTestServer, **changes: object) -> SmtpSettings:
     return SmtpSettings(**values)  # type: ignore[arg-type]
 
 
-def _message() -> EmailMessage:
-    message = EmailMessage()
+def _message() -> RenderedEmail:
+    message = EmailMessage(policy=SMTP)
     message["From"] = "welcome@example.com"
     message["To"] = "alice@example.com"
     message["Subject"] = "hi"
-    message["X-Event-ID"] = str(uuid.uuid4())
+    message["Message-ID"] = message_id = f"<{uuid.uuid4()}@example.com>"
     message.set_content("hello")
-    return message
+    return RenderedEmail("welcome@example.com", "alice@example.com", message.as_bytes(), message_id)
+
+
+def test_the_rendered_bytes_go_out_unchanged_to_the_envelope(smtp_server: SmtpTestServer) -> None:
+    email = _message()
+    sender = SmtpEmailSender(_settings(smtp_server))
+    sender.send(dataclasses.replace(email, envelope_to="bob@example.com"))
+    (received,) = smtp_server.messages
+    assert received.envelope_from == "welcome@example.com"
+    # The envelope, not the To header, says where it goes: the renderer keeps the two equal.
+    assert received.envelope_to == ("bob@example.com",)
+    assert received.raw == email.data
+    sender.close()
+
+
+def test_a_busy_connection_is_reused_without_a_noop_round_trip(
+    smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noops = []
+    real_noop = smtplib.SMTP.noop
+
+    def counting_noop(connection: smtplib.SMTP) -> tuple[int, bytes]:
+        noops.append(connection)
+        return real_noop(connection)
+
+    monkeypatch.setattr(smtplib.SMTP, "noop", counting_noop)
+    now = [0.0]
+    sender = SmtpEmailSender(_settings(smtp_server), idle_check_after_s=5, clock=lambda: now[0])
+    sender.send(_message())
+    now[0] = 4.0
+    sender.send(_message())
+    assert noops == []
+    now[0] = 9.5  # idle 5.5 s: the server may have dropped it, so it is checked first
+    sender.send(_message())
+    assert len(noops) == 1
+    assert len(smtp_server.messages) == 3
+    sender.close()
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced(smtp_server: SmtpTestServer) -> None:
+    now = [0.0]
+    sender = SmtpEmailSender(_settings(smtp_server), idle_check_after_s=5, clock=lambda: now[0])
+    sender.send(_message())
+    first = sender._connection()
+    smtp_server.stop()
+    smtp_server.start()
+    now[0] = 60.0
+    sender.send(_message())  # NOOP finds the connection dead; a fresh one carries the email
+    assert sender._connection() is not first
+    assert len(smtp_server.messages) == 2
+    sender.close()
 
 
 def test_messages_are_delivered_over_one_reused_connection(smtp_server: SmtpTestServer) -> None:
@@ -112,7 +165,9 @@ def test_a_restarted_server_is_reconnected_to(smtp_server: SmtpTestServer) -> No
     sender.send(_message())
     smtp_server.stop()
     smtp_server.start()
-    sender.send(_message())  # the stale connection is noticed and replaced
+    # Within the idle window there is no NOOP: the send itself breaks on the dead connection,
+    # which is replaced and the email sent once on the fresh one.
+    sender.send(_message())
     assert len(smtp_server.messages) == 2
 
 

@@ -106,11 +106,13 @@ def renderer() -> WelcomeRenderer:
 def _received(renderer: WelcomeRenderer, event: UserRegistered) -> EmailMessage | None:
     """The email as the mail server receives it, or None if the worker refuses to build it."""
     try:
-        message = renderer.render(event)
+        rendered = renderer.render(event)
     except UndeliverableMessage:
         # Refusing is safe: the event goes to the DLQ and no email is sent.
         return None
-    parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
+    # The envelope recipient (RCPT TO) must be the user's address too.
+    assert rendered.envelope_to == event.data.email
+    parsed = message_from_bytes(rendered.data, policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -153,8 +155,8 @@ def _check_headers(message: EmailMessage, event: UserRegistered) -> None:
 
     to = message["To"]
     assert isinstance(to, AddressHeader)
-    # Exactly one recipient, outside any group, and it is the user's address: smtplib takes
-    # the envelope recipients from this header.
+    # Exactly one recipient, outside any group, and it is the user's address: the renderer
+    # takes the envelope recipient from this very address.
     assert to.groups[0].display_name is None, f"To became a group: {str(to)!r}"
     (address,) = to.addresses
     assert address.addr_spec == event.data.email

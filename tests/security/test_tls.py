@@ -9,11 +9,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 
 from email_consumer.errors import SmtpUnavailable
+from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from shared.amqp import BrokerUnavailable, open_connection
@@ -101,13 +103,13 @@ def _server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return context
 
 
-def _welcome() -> EmailMessage:
-    message = EmailMessage()
+def _welcome() -> RenderedEmail:
+    message = EmailMessage(policy=SMTP)
     message["From"] = "welcome@example.com"
     message["To"] = "alice@example.com"
     message["Subject"] = "Welcome"
     message.set_content("hello")
-    return message
+    return RenderedEmail("welcome@example.com", "alice@example.com", message.as_bytes(), "")
 
 
 def _sender(port: int, host: str = "localhost") -> SmtpEmailSender:

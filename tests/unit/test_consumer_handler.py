@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from email.message import EmailMessage
 
 import pytest
 
 from email_consumer.errors import SmtpRejected, SmtpUnavailable, StoreUnavailable
 from email_consumer.handler import Outcome, WelcomeEmailHandler
-from email_consumer.ports import Claim
+from email_consumer.ports import Claim, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
 from email_consumer.settings import parse_mail_from
@@ -22,14 +21,14 @@ NO_WAIT = RetryPolicy(attempts=3, initial_backoff_s=0.0, max_backoff_s=0.0, max_
 class FakeSender:
     def __init__(self, failures: list[Exception] | None = None) -> None:
         self.failures = list(failures or [])
-        self.sent: list[EmailMessage] = []
+        self.sent: list[RenderedEmail] = []
         self.lock = threading.Lock()
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, email: RenderedEmail) -> None:
         with self.lock:
             if self.failures:
                 raise self.failures.pop(0)
-            self.sent.append(message)
+            self.sent.append(email)
 
 
 class FakeProcessedEvents:
@@ -85,7 +84,9 @@ def test_an_event_is_sent_once_and_recorded() -> None:
     result = _handler(sender, store).handle(event)
     assert result.outcome is Outcome.SENT
     assert result.attempts == 1
-    assert [m["X-Event-ID"] for m in sender.sent] == [event.event_id]
+    (sent,) = sender.sent
+    assert sent.envelope_to == event.data.email
+    assert f"X-Event-ID: {event.event_id}\r\n".encode() in sent.data
     assert store.rows[event.event_id][0] == "sent"
 
 
@@ -150,9 +151,9 @@ def test_two_concurrent_deliveries_of_one_event_send_one_email() -> None:
     gate = threading.Barrier(2)
 
     class SlowSender(FakeSender):
-        def send(self, message: EmailMessage) -> None:
+        def send(self, email: RenderedEmail) -> None:
             time.sleep(0.05)
-            super().send(message)
+            super().send(email)
 
     sender = SlowSender()
     policy = RetryPolicy(attempts=50, initial_backoff_s=0.01, max_backoff_s=0.02, max_total_s=30)

@@ -36,6 +36,13 @@ def renderer() -> WelcomeRenderer:
     return WelcomeRenderer(parse_mail_from("Example <welcome@example.com>"))
 
 
+def _wire(renderer: WelcomeRenderer, event: UserRegistered) -> email.message.EmailMessage:
+    """The rendered email as the mail server will read it: parsed back from its bytes."""
+    message = email.message_from_bytes(renderer.render(event).data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
 def _parts(message: email.message.EmailMessage) -> tuple[str, str]:
     plain = message.get_body(("plain",))
     html = message.get_body(("html",))
@@ -45,7 +52,7 @@ def _parts(message: email.message.EmailMessage) -> tuple[str, str]:
 
 
 def test_headers_follow_the_contract(renderer: WelcomeRenderer) -> None:
-    message = renderer.render(_event())
+    message = _wire(renderer, _event())
     assert message["To"] == "Alice Liddell <alice@example.com>"
     assert message["From"] == "Example <welcome@example.com>"
     assert message["Subject"] == "Welcome, Alice Liddell!"
@@ -54,14 +61,14 @@ def test_headers_follow_the_contract(renderer: WelcomeRenderer) -> None:
 
 
 def test_without_a_full_name_the_username_is_greeted(renderer: WelcomeRenderer) -> None:
-    message = renderer.render(_event(full_name=None))
+    message = _wire(renderer, _event(full_name=None))
     assert message["To"] == "alice@example.com"
     assert message["Subject"] == "Welcome, alice!"
 
 
 def test_html_escapes_user_values_and_plain_text_keeps_them(renderer: WelcomeRenderer) -> None:
     name = '<script>alert("x")</script> & Co'
-    plain, html = _parts(renderer.render(_event(full_name=name)))
+    plain, html = _parts(_wire(renderer, _event(full_name=name)))
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
     assert "&amp; Co" in html
@@ -70,12 +77,26 @@ def test_html_escapes_user_values_and_plain_text_keeps_them(renderer: WelcomeRen
 
 def test_a_name_shaped_like_headers_stays_inside_the_to_header(renderer: WelcomeRenderer) -> None:
     name = 'Eve" <eve@evil.example>, Bcc: victim@example.com'
-    message = renderer.render(_event(full_name=name))
-    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    reparsed = _wire(renderer, _event(full_name=name))
     assert reparsed["Bcc"] is None
     assert reparsed["To"].addresses[0].addr_spec == "alice@example.com"
     assert reparsed["To"].addresses[0].display_name == name
     assert len(reparsed["To"].addresses) == 1
+
+
+def test_the_envelope_goes_from_mail_from_to_the_user(renderer: WelcomeRenderer) -> None:
+    rendered = renderer.render(_event(full_name='Eve" <eve@evil.example>'))
+    assert rendered.envelope_from == "welcome@example.com"
+    assert rendered.envelope_to == "alice@example.com"
+    assert rendered.message_id == f"<{EVENT_ID}@example.com>"
+
+
+def test_the_bytes_are_ready_for_smtp(renderer: WelcomeRenderer) -> None:
+    data = renderer.render(_event(full_name="Zoë")).data
+    lines = data.split(b"\r\n")
+    assert b"\n" not in data.replace(b"\r\n", b""), "every line ends in CRLF"
+    assert max(len(line) for line in lines) <= 998
+    assert data.startswith(b"To: ")
 
 
 def test_an_address_the_envelope_cannot_carry_is_a_permanent_error(
@@ -86,8 +107,7 @@ def test_an_address_the_envelope_cannot_carry_is_a_permanent_error(
 
 
 def test_non_ascii_names_are_encoded_not_dropped(renderer: WelcomeRenderer) -> None:
-    message = renderer.render(_event(full_name="Zoë Ünïcode"))
-    raw = message.as_bytes()
+    raw = renderer.render(_event(full_name="Zoë Ünïcode")).data
     assert raw.isascii()
     reparsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert reparsed["Subject"] == "Welcome, Zoë Ünïcode!"
@@ -101,8 +121,7 @@ _printable_name = st.text(
 @given(name=_printable_name)
 def test_no_full_name_adds_or_changes_a_header(name: str) -> None:
     renderer = WelcomeRenderer(parse_mail_from("Example <welcome@example.com>"))
-    message = renderer.render(_event(full_name=name))
-    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    reparsed = _wire(renderer, _event(full_name=name))
     assert sorted(reparsed.keys()) == sorted(
         ["To", "From", "Subject", "Message-ID", "X-Event-ID", "MIME-Version", "Content-Type"]
     )

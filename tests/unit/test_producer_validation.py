@@ -95,8 +95,11 @@ def test_full_name_is_optional_and_trimmed(given_name: str | None, stored: str |
     assert validate_full_name(given_name) == stored
 
 
-@pytest.mark.parametrize("name", ["Alice\nBcc: x", "A\x00B", "A\x7fB", "A\u2028B", "x" * 201])
-def test_full_name_with_control_characters_or_too_long_is_refused(name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["Alice\nBcc: x", "A\x00B", "A\x7fB", "A\u2028B", "x" * 201, "=?utf-8?q?Bcc=3A_x=40evil?="],
+)
+def test_full_name_that_could_alter_a_header_or_too_long_is_refused(name: str) -> None:
     with pytest.raises(ValidationError, match="full name"):
         validate_full_name(name)
 
@@ -166,3 +169,8 @@ def test_the_control_character_rule_is_the_one_the_event_parser_applies() -> Non
         with pytest.raises(ValidationError, match="control characters"):
             validate_full_name(text)
     assert not has_control_characters("Zoë Ünal")
+
+
+def test_an_address_holding_an_encoded_word_is_refused() -> None:
+    with pytest.raises(ValidationError, match="=\\?"):
+        validate_email_address("=?utf-8?q?x?=@example.com")

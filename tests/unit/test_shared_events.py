@@ -156,3 +156,15 @@ def test_integers_too_long_to_convert_are_refused_not_raised() -> None:
 def test_deep_nesting_is_refused_not_raised() -> None:
     with pytest.raises(InvalidEvent):
         parse_user_registered(b"[" * 50_000 + b"]" * 50_000)
+
+
+@pytest.mark.parametrize("field", ["username", "full_name", "email"])
+def test_encoded_words_that_mail_software_would_decode_are_refused(field: str) -> None:
+    document = _document()
+    document["data"][field] = (
+        "=?utf-8?q?Bcc=3A_x=40evil?=@example.com"
+        if field == "email"
+        else "=?utf-8?q?Bcc=3A_x=40evil?="
+    )
+    with pytest.raises(InvalidEvent, match="encoded-word"):
+        parse_user_registered(_body(document))
