@@ -16,16 +16,6 @@ def declare_contract_topology(amqp_url: str) -> None:
         connection.close()
 
 
-def queue_depth(amqp_url: str, queue: str) -> int:
-    """Messages ready in `queue` (read through AMQP, which is exact, unlike rabbitmqctl)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
-
-
 def purge_queue(amqp_url: str, queue: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.broker_setup import declare_contract_topology, queue_depth
+from bench.broker_setup import declare_contract_topology
 from bench.logs import quiet_pika
 from bench.processes import Service, python_command, running
 from shared.settings import Environment
 from shared.topology import QUEUE
+from tests.support.broker import ready_count
 
 
 def producer_environment(amqp_url: str, database: Path, log_level: str) -> dict[str, str]:
@@ -69,7 +70,7 @@ def measure_relay(amqp_url: str, count: int, workdir: Path) -> RelayResult:
         relay_s = time.perf_counter() - started
     finally:
         producer.close()
-    in_queue = queue_depth(amqp_url, QUEUE)
+    in_queue = ready_count(amqp_url, QUEUE)
     if totals.published != count or in_queue != count:
         raise RuntimeError(
             f"relay published {totals.published} of {count} ({totals.failed} failed); "

@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-from bench.ports import free_port
+from tests.support.ports import free_port
 
 _EVENT_ID_HEADER = re.compile(rb"^X-Event-ID:[ \t]*([^\r\n]+)", re.IGNORECASE | re.MULTILINE)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import pika
 import pika.exceptions
@@ -20,3 +20,22 @@ def close_quietly(connection: pika.BlockingConnection) -> None:
             connection.close()
     except CONNECTION_ERRORS:
         pass
+
+
+def copy_with_headers(properties: pika.BasicProperties, headers: dict[str, Any]) -> Any:
+    """The original's properties with new headers; persistent whatever it was before.
+
+    Retry and dead-letter copies and replays keep the event's identity (message_id,
+    correlation_id, type, timestamp) so the worker and the logs recognise the same event.
+    """
+    return pika.BasicProperties(
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        headers=headers,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        correlation_id=properties.correlation_id,
+        message_id=properties.message_id,
+        timestamp=properties.timestamp,
+        type=properties.type,
+        app_id=properties.app_id,
+    )

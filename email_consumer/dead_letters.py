@@ -22,7 +22,7 @@ import pika
 import pika.exceptions
 
 from email_consumer import failure_headers as fh
-from email_consumer.connections import close_quietly
+from email_consumer.connections import close_quietly, copy_with_headers
 from shared import topology
 from shared.amqp import open_connection
 from shared.settings import BrokerSettings
@@ -111,7 +111,7 @@ class DeadLetterQueue:
         with self._channel() as source, self._channel() as target:
             target.confirm_delivery()
             for tag, properties, body in self._take(source, limit):
-                copy = _replay_properties(properties)
+                copy = copy_with_headers(properties, fh.for_replay(properties.headers))
                 # Through the retry exchange's direct binding to the worker's queue: a replay
                 # is for this worker only, not for every subscriber of user.events, and the
                 # worker may write to its retry exchange but not to the default exchange.
@@ -149,17 +149,3 @@ class DeadLetterQueue:
         finally:
             if channel.is_open:
                 channel.close()
-
-
-def _replay_properties(properties: pika.BasicProperties) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=fh.for_replay(properties.headers),
-        delivery_mode=pika.DeliveryMode.Persistent,
-        correlation_id=properties.correlation_id,
-        message_id=properties.message_id,
-        timestamp=properties.timestamp,
-        type=properties.type,
-        app_id=properties.app_id,
-    )

@@ -38,7 +38,7 @@ import pika
 import pika.exceptions
 
 from email_consumer import failure_headers, retry_policy
-from email_consumer.connections import CONNECTION_ERRORS, close_quietly
+from email_consumer.connections import CONNECTION_ERRORS, close_quietly, copy_with_headers
 from email_consumer.errors import EventBusy
 from email_consumer.handler import Outcome, WelcomeEmailHandler
 from email_consumer.metrics import WorkerMetrics
@@ -279,7 +279,7 @@ class Worker:
         action: _Forward,
     ) -> bool:
         """Publish the copy, then ack the original; False when the copy was refused."""
-        copy = _copy_properties(properties, action.headers)
+        copy = copy_with_headers(properties, action.headers)
         try:
             session.publish_channel.basic_publish(
                 action.exchange, action.routing_key, body, properties=copy, mandatory=True
@@ -425,21 +425,6 @@ def _run_quietly(job: Callable[[], None]) -> None:
         job()
     except Exception:  # noqa: BLE001 - housekeeping failing must not stop the worker
         _log.exception("housekeeping failed; trying again at the next interval")
-
-
-def _copy_properties(properties: pika.BasicProperties, headers: dict[str, Any]) -> Any:
-    """The original's properties with new headers; persistent whatever it was before."""
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=headers,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        correlation_id=properties.correlation_id,
-        message_id=properties.message_id,
-        timestamp=properties.timestamp,
-        type=properties.type,
-        app_id=properties.app_id,
-    )
 
 
 def _safe_id(value: object) -> str:

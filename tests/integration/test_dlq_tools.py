@@ -15,7 +15,7 @@ from email_consumer import failure_headers
 from email_consumer.errors import SmtpRejected
 from shared import topology
 from shared.events import serialise
-from tests.support.smtp import free_port
+from tests.support.ports import free_port
 from tests.support.worker import (
     TEST_RETRY_DELAYS,
     dead_letters,

@@ -10,7 +10,8 @@ import pytest
 
 from shared import topology
 from shared.events import serialise, to_dict
-from tests.support.smtp import SmtpTestServer, free_port
+from tests.support.ports import free_port
+from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import (
     dead_letters,

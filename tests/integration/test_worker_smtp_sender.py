@@ -24,7 +24,8 @@ from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from shared.errors import TransientError
-from tests.support.smtp import SmtpTestServer, free_port
+from tests.support.ports import free_port
+from tests.support.smtp import SmtpTestServer
 from tests.support.worker import smtp_server_requiring_login
 
 

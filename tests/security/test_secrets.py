@@ -21,8 +21,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from shared import topology
 from tests.faults.harness import Stack, queue_depth
+from tests.support.ports import free_port
 from tests.support.rabbit_node import RabbitNode
-from tests.support.smtp import SmtpTestServer, free_port
+from tests.support.smtp import SmtpTestServer
 
 pytestmark = [
     pytest.mark.private_node,

@@ -95,7 +95,7 @@ def connect_test_broker() -> BrokerAdmin:
     url = os.environ.get("TEST_AMQP_URL", DEFAULT_TEST_AMQP_URL)
     if broker_answers(url):
         return BrokerAdmin(url, _local_rabbitmqctl(url))
-    if _docker_engine_answers():
+    if docker_engine_answers():
         _start_compose_broker()
         return BrokerAdmin(COMPOSE_TEST_AMQP_URL, _compose_rabbitmqctl())
     raise BrokerUnreachable(
@@ -108,7 +108,7 @@ def connect_test_broker() -> BrokerAdmin:
 def _local_rabbitmqctl(url: str) -> list[str]:
     if shutil.which("rabbitmqctl") and urlsplit(url).hostname in {"localhost", "127.0.0.1"}:
         return ["rabbitmqctl"]
-    if _docker_engine_answers():
+    if docker_engine_answers():
         return _compose_rabbitmqctl()
     raise BrokerUnreachable(
         "the test broker answers but rabbitmqctl is not available to create test vhosts; "
@@ -116,7 +116,7 @@ def _local_rabbitmqctl(url: str) -> list[str]:
     )
 
 
-def _docker_engine_answers() -> bool:
+def docker_engine_answers() -> bool:
     if shutil.which("docker") is None:
         return False
     result = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
@@ -136,21 +136,17 @@ def _compose_rabbitmqctl() -> list[str]:
     ]
 
 
-def _start_compose_broker(timeout_s: float = 180.0) -> None:
+def start_compose_service(service: str, timeout_s: float = 180.0) -> None:
+    """Start one service of docker-compose.yml and wait for its healthcheck."""
     subprocess.run(
-        [
-            "docker",
-            "compose",
-            "--project-directory",
-            str(REPO_ROOT),
-            "up",
-            "-d",
-            "--wait",
-            "rabbitmq",
-        ],
+        ["docker", "compose", "--project-directory", str(REPO_ROOT), "up", "-d", "--wait", service],
         check=True,
         timeout=timeout_s,
     )
+
+
+def _start_compose_broker(timeout_s: float = 180.0) -> None:
+    start_compose_service("rabbitmq", timeout_s)
     deadline = time.monotonic() + timeout_s
     while not broker_answers(COMPOSE_TEST_AMQP_URL):
         if time.monotonic() > deadline:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from tests.support.broker import REPO_ROOT
+from tests.support.broker import docker_engine_answers, start_compose_service
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # docker-compose.yml's PostgreSQL, used when nothing answers locally and Docker is there.
@@ -35,24 +33,8 @@ def admin_postgres_url() -> str:
     url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES_URL)
     if _answers(url):
         return url
-    if (
-        shutil.which("docker")
-        and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
-    ):
-        subprocess.run(
-            [
-                "docker",
-                "compose",
-                "--project-directory",
-                str(REPO_ROOT),
-                "up",
-                "-d",
-                "--wait",
-                "postgres",
-            ],
-            check=True,
-            timeout=180,
-        )
+    if docker_engine_answers():
+        start_compose_service("postgres")
         deadline = time.monotonic() + 60
         while not _answers(COMPOSE_TEST_POSTGRES_URL):
             if time.monotonic() > deadline:

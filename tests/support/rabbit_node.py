@@ -24,7 +24,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.ports import free_port
+
 # The scripts behind /usr/sbin's wrappers: the wrappers `su` to rabbitmq, which resets HOME and
 # with it the cookie this node uses. The environment variables below replace what they set.
 RABBITMQ_BIN: Final = Path(os.environ.get("RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
@@ -49,13 +50,6 @@ STOP_TIMEOUT_S: Final = 60.0
 
 class RabbitNodeError(RuntimeError):
     """The private node could not be started, stopped or administered."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ come back on the same port.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import threading
 import time
@@ -19,12 +18,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.support.ports import free_port
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ def smtp_server_requiring_login(username: str, password: str) -> Iterator[LoginS
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    from tests.support.smtp import free_port
+    from tests.support.ports import free_port
 
     def authenticate(
         _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
