@@ -7,7 +7,7 @@ The worker's own (with defaults):
 | variable | default | meaning |
 | --- | --- | --- |
 | WORKER_CONCURRENCY | 4 | events handled at once (threads) |
-| WORKER_PREFETCH | = 2 × WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
+| WORKER_PREFETCH | = 2 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
 | WORKER_SHUTDOWN_TIMEOUT_S | 30 | on SIGTERM, how long in-flight events may finish |
 | WORKER_CLAIM_LEASE_S | 300 | how long one delivery holds an event before another may (*) |
 | WORKER_RECONNECT_MAX_DELAY_S | 30 | cap of the growing delay between reconnection attempts |
