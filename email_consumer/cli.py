@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from email_consumer import bootstrap
 from email_consumer.dead_letters import DeadLetterSummary
 from email_consumer.settings import ConsumerSettings, consumer_settings
+from shared.cli import positive_int, stop_on_signals
 from shared.errors import ConfigError, TransientError
 from shared.logging import get_logger
 from shared.settings import Environment
@@ -70,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     # Listed events are held unacknowledged on one channel while listed: bounded by default.
     listing.add_argument(
         "--limit",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_LIST_LIMIT,
         help=f"at most N events (default {DEFAULT_LIST_LIMIT})",
     )
@@ -78,31 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     replay = dlq_commands.add_parser(
         "replay", help="send dead-lettered events back to the worker, without loss"
     )
-    replay.add_argument("--limit", type=_positive, default=None, help="at most N events")
+    replay.add_argument("--limit", type=positive_int, default=None, help="at most N events")
     purge = dlq_commands.add_parser("purge", help="delete every dead-lettered event")
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _run(settings: ConsumerSettings) -> int:
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        _log.info("stop requested", signal=signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stopping = stop_on_signals()
     app = bootstrap.build_worker(settings, stopping)
     try:
         app.metrics.serve(settings.metrics_port, settings.metrics_address)

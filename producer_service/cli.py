@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -27,6 +25,7 @@ from producer_service.validation import (
     USERNAME_RULES,
     ValidationError,
 )
+from shared.cli import positive_int, stop_on_signals
 from shared.errors import ConfigError, TransientError
 from shared.logging import event_context, get_logger
 
@@ -125,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
             "relay to publish their events, and print a summary."
         ),
     )
-    simulate.add_argument("--count", type=_positive_int, required=True, metavar="N")
+    simulate.add_argument("--count", type=positive_int, required=True, metavar="N")
     simulate.add_argument(
         "--rate", type=_positive_float, metavar="R", help="registrations per second (default: max)"
     )
@@ -195,7 +194,7 @@ def _try_to_publish(producer: Producer, event_id: str) -> bool:
 
 
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     relay = producer.relay(stop)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
     totals = relay.run_once() if args.once else relay.run_forever()
@@ -208,7 +207,7 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with terminal_progress(args.count) as progress:
         summary = producer.simulation(stop).run(args.count, rate=args.rate, progress=progress)
     print(
@@ -232,32 +231,9 @@ def _simulate(producer: Producer, args: argparse.Namespace) -> int:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, so long-running commands stop cleanly with exit 0."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        _log.info("stop requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
-
-
 def _fail(code: int, message: str) -> int:
     print(f"producer-service: error: {message}", file=sys.stderr)
     return code
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _positive_float(text: str) -> float:
