@@ -68,10 +68,14 @@ class WelcomeEmailHandler:
         self._renderer = renderer
         self._sender = sender
         self._processed = processed
-        self._policy = policy
-        self._claim_lease_s = claim_lease_s
-        self._stopping = stopping
         self._new_token = new_token
+        self._claim_lease_s = claim_lease_s
+        # Built once: tenacity keeps each run's state per thread, so one controller serves every
+        # pool thread, and building it cost more CPU than a first attempt that succeeds.
+        self._retrying_send = policy.in_process(before_sleep=_log_retry, stopping=stopping)
+        self._retrying_record = policy.in_process(
+            before_sleep=_log_retry, max_total_s=claim_lease_s / 2
+        )
 
     def handle(self, event: UserRegistered) -> HandlingResult:
         """Send the email unless already sent; failures are returned, never raised."""
@@ -79,8 +83,7 @@ class WelcomeEmailHandler:
         token: str | None = None
         try:
             email = self._renderer.render(event)
-            retrying = self._policy.in_process(before_sleep=_log_retry, stopping=self._stopping)
-            for attempt in retrying:
+            for attempt in self._retrying_send:
                 with attempt:
                     attempts += 1
                     token = self._claim_and_send(event, email)
@@ -118,11 +121,8 @@ class WelcomeEmailHandler:
         claim then runs out after its lease and only a redelivery of the same event could send
         a second email, the one window left for a duplicate (at-least-once).
         """
-        retrying = self._policy.in_process(
-            before_sleep=_log_retry, max_total_s=self._claim_lease_s / 2
-        )
         try:
-            for attempt in retrying:
+            for attempt in self._retrying_record:
                 with attempt:
                     self._processed.mark_sent(event_id, token)
         except ServiceError as error:

@@ -7,15 +7,18 @@ key, an UPDATE guarded by its WHERE clause), so two workers can never both hold 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from email_consumer.errors import StoreUnavailable
 from email_consumer.ports import Claim
-from shared.database import apply_migrations, create_database_engine
+from shared.database import apply_migrations, create_database_engine, is_sqlite
 
 COMPONENT = "email_consumer"
 _SENT = "sent"
@@ -80,6 +83,18 @@ class SqlProcessedEvents:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._clock = clock
+        # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
+        # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
+        # queue on a Python lock instead, which hands over at once; other processes still
+        # meet SQLite's busy timeout. PostgreSQL locks rows, so its transactions run side by side.
+        self._one_at_a_time: AbstractContextManager[object] = (
+            threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._one_at_a_time, self._engine.begin() as connection:
+            yield connection
 
     @classmethod
     def open(cls, url: str, clock: Callable[[], float] = time.time) -> SqlProcessedEvents:
@@ -107,12 +122,12 @@ class SqlProcessedEvents:
     ) -> Claim:
         params = {"p_event_id": event_id, "p_token": token, "p_lease_until": lease_until}
         try:
-            with self._engine.begin() as connection:
+            with self._transaction() as connection:
                 connection.execute(_INSERT_CLAIM, params)
             return Claim.CLAIMED
         except sa.exc.IntegrityError:
             pass  # the event is known: sent, or claimed by someone else
-        with self._engine.begin() as connection:
+        with self._transaction() as connection:
             taken_over = connection.execute(
                 _TAKE_OVER_EXPIRED_CLAIM, {**params, "p_now": now}
             ).rowcount
@@ -130,14 +145,14 @@ class SqlProcessedEvents:
 
     def mark_sent(self, event_id: str, token: str) -> None:
         try:
-            with self._engine.begin() as connection:
+            with self._transaction() as connection:
                 connection.execute(_MARK_SENT, {"p_event_id": event_id, "p_sent_at": self._clock()})
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 
     def release(self, event_id: str, token: str) -> None:
         try:
-            with self._engine.begin() as connection:
+            with self._transaction() as connection:
                 connection.execute(_RELEASE, {"p_event_id": event_id, "p_token": token})
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
@@ -152,7 +167,7 @@ class SqlProcessedEvents:
         table = processed_events
         cutoff = self._clock() - age_s
         try:
-            with self._engine.begin() as connection:
+            with self._transaction() as connection:
                 deleted = connection.execute(
                     table.delete().where(
                         sa.or_(

@@ -89,7 +89,7 @@ class RetryPolicy:
         ) | tenacity.stop_after_delay(budget_s)
         sleep: Callable[[float], None] = tenacity.nap.sleep
         if stopping is not None:
-            stop = stop | _stop_when_set(stopping)
+            stop = stop | tenacity.stop_when_event_set(stopping)
             sleep = _interruptible_sleep(stopping)
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
@@ -121,14 +121,6 @@ class RetryPolicy:
         if broker_retries_done < len(self.broker_delays_s):
             return RetryLater(self.broker_delays_s[broker_retries_done])
         return DeadLetter(RETRIES_EXHAUSTED)
-
-
-def _stop_when_set(stopping: threading.Event) -> tenacity.stop.stop_base:
-    class _StopWhenSet(tenacity.stop.stop_base):
-        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-            return stopping.is_set()
-
-    return _StopWhenSet()
 
 
 def _interruptible_sleep(stopping: threading.Event) -> Callable[[float], None]:

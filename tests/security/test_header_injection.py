@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from email_consumer.errors import UndeliverableMessage
-from email_consumer.rendering import WelcomeRenderer
+from email_consumer.rendering import WelcomeRenderer, ascii_domain_address
 from email_consumer.settings import parse_mail_from
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 
@@ -111,7 +111,7 @@ def _received(renderer: WelcomeRenderer, event: UserRegistered) -> EmailMessage 
         # Refusing is safe: the event goes to the DLQ and no email is sent.
         return None
     # The envelope recipient (RCPT TO) must be the user's address too.
-    assert rendered.envelope_to == event.data.email
+    assert rendered.envelope_to == ascii_domain_address(event.data.email)
     parsed = message_from_bytes(rendered.data, policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
@@ -159,7 +159,7 @@ def _check_headers(message: EmailMessage, event: UserRegistered) -> None:
     # takes the envelope recipient from this very address.
     assert to.groups[0].display_name is None, f"To became a group: {str(to)!r}"
     (address,) = to.addresses
-    assert address.addr_spec == event.data.email
+    assert address.addr_spec == ascii_domain_address(event.data.email)
     assert _squash(address.display_name) == _squash(event.data.full_name or "")
 
     greeting = event.data.full_name or event.data.username

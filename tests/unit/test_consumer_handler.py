@@ -8,7 +8,7 @@ import time
 import pytest
 
 from email_consumer.errors import SmtpRejected, SmtpUnavailable, StoreUnavailable
-from email_consumer.handler import Outcome, WelcomeEmailHandler
+from email_consumer.handler import HandlingResult, Outcome, WelcomeEmailHandler
 from email_consumer.ports import Claim, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
@@ -259,3 +259,58 @@ def test_a_store_down_after_the_send_still_acknowledges_the_sent_email() -> None
     assert result.outcome is Outcome.SENT, "the email went out: the delivery is done"
     assert len(sender.sent) == 1
     assert store.claims == 1
+
+
+class FailsFirstSendPerThread:
+    """Each thread's first send fails (transiently) once every thread has reached it."""
+
+    def __init__(self, threads: int) -> None:
+        self.everyone_failing = threading.Barrier(threads, timeout=10)
+        self.local = threading.local()
+        self.sent: list[RenderedEmail] = []
+        self.lock = threading.Lock()
+
+    def send(self, email: RenderedEmail) -> None:
+        if not getattr(self.local, "failed", False):
+            self.local.failed = True
+            self.everyone_failing.wait()
+            raise SmtpUnavailable("connection reset")
+        with self.lock:
+            self.sent.append(email)
+
+
+def test_threads_retrying_at_the_same_time_each_keep_their_own_count() -> None:
+    # One handler (and its retry controllers) serves the whole pool: retries running side by
+    # side must neither share attempt counts nor stop each other early.
+    threads = 8
+    sender = FailsFirstSendPerThread(threads)
+    store = FakeProcessedEvents()
+    handler = WelcomeEmailHandler(
+        renderer=WelcomeRenderer(parse_mail_from("welcome@example.com")),
+        sender=sender,
+        processed=store,
+        policy=RetryPolicy(attempts=2, initial_backoff_s=0.0, max_backoff_s=0.0, max_total_s=60),
+        claim_lease_s=60,
+    )
+    events = [
+        new_user_registered(
+            user_id="0b6f3c52-2f5e-4b35-8d0e-8f2b7f0b7b1a",
+            username=f"user{number}",
+            email=f"user{number}@example.com",
+            full_name=None,
+        )
+        for number in range(threads)
+    ]
+    results: list[HandlingResult | None] = [None] * threads
+
+    def handle(number: int) -> None:
+        results[number] = handler.handle(events[number])
+
+    workers = [threading.Thread(target=handle, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    outcomes = [(r.outcome, r.attempts) if r else None for r in results]
+    assert outcomes == [(Outcome.SENT, 2)] * threads
+    assert len(sender.sent) == threads

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from email_consumer.errors import UndeliverableMessage
@@ -127,3 +128,80 @@ def test_no_full_name_adds_or_changes_a_header(name: str) -> None:
     )
     assert [a.addr_spec for a in reparsed["To"].addresses] == ["alice@example.com"]
     assert reparsed["X-Event-ID"] == EVENT_ID
+
+
+# -- the direct writer against the email package ---------------------------------------------
+
+_dot_atoms = st.text(
+    alphabet=st.sampled_from("abcxyzABC019!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=12
+).filter(lambda text: "=?" not in text)
+_plain_addresses = st.builds(
+    lambda local, more, domain: f"{local}{'.' + more if more else ''}@{domain}",
+    _dot_atoms,
+    st.none() | _dot_atoms,
+    st.sampled_from(["example.com", "mail.example.org", "x-y.example"]),
+)
+_any_name = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=120
+).filter(lambda text: "=?" not in text)
+
+
+def _as_read(data: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Headers (name, parsed value) and parts (type, decoded text) as a mail client reads them."""
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    headers = [
+        (name, re.sub(r"\s+", " ", str(value)))
+        for name, value in message.items()
+        if name != "Content-Type"  # the boundaries differ by design
+    ]
+    parts = [(part.get_content_type(), part.get_content()) for part in message.iter_parts()]
+    return headers, parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    username=_any_name,
+    address=_plain_addresses,
+    full_name=st.none() | _any_name,
+)
+def test_the_direct_writer_says_what_the_email_package_says(
+    username: str, address: str, full_name: str | None
+) -> None:
+    renderer = WelcomeRenderer(parse_mail_from("Example Team <welcome@example.com>"))
+    event = _event(username=username, email_address=address, full_name=full_name)
+    written = renderer.render(event)
+    built = renderer.render_with_email_package(event)
+    assert written.data != built.data, "render did not take the direct path"
+    assert _as_read(written.data) == _as_read(built.data)
+    assert (written.envelope_from, written.envelope_to) == (built.envelope_from, built.envelope_to)
+    assert max(len(line) for line in written.data.split(b"\r\n")) <= 78
+    assert b"\n" not in written.data.replace(b"\r\n", b"")
+
+
+def test_the_same_event_is_written_to_the_same_bytes(renderer: WelcomeRenderer) -> None:
+    assert renderer.render(_event()).data == renderer.render(_event()).data
+
+
+@pytest.mark.parametrize(
+    "address", ['"quoted"@example.com', "a..b@example.com", ".a@example.com", "a@例え.jp"]
+)
+def test_other_addresses_go_through_the_email_package_or_are_refused(
+    renderer: WelcomeRenderer, address: str
+) -> None:
+    try:
+        rendered = renderer.render(_event(email_address=address))
+    except UndeliverableMessage:
+        return
+    built = renderer.render_with_email_package(_event(email_address=address))
+    assert _as_read(rendered.data) == _as_read(built.data)
+    assert rendered.envelope_to == built.envelope_to
+
+
+def test_an_international_domain_is_written_in_ascii(renderer: WelcomeRenderer) -> None:
+    rendered = renderer.render(_event(email_address="zoe@bücher.example"))
+    assert rendered.envelope_to == "zoe@xn--bcher-kva.example"
+    assert rendered.data.isascii()
+    assert _wire(renderer, _event(email_address="zoe@bücher.example"))["To"].addresses[
+        0
+    ].addr_spec == ("zoe@xn--bcher-kva.example")
