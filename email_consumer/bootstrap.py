@@ -48,7 +48,7 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
     """Everything `email-consumer run` needs, wired together."""
     check_broker_settings(settings)
     processed = SqlProcessedEvents.open(settings.database_url)
-    sender = SmtpEmailSender(settings.smtp)
+    sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)
     metrics = WorkerMetrics()
     handler = WelcomeEmailHandler(
         renderer=WelcomeRenderer(settings.mail_from),

@@ -11,7 +11,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -85,16 +84,31 @@ class SqlProcessedEvents:
         self._clock = clock
         # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
         # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
-        # queue on a Python lock instead, which hands over at once; other processes still
-        # meet SQLite's busy timeout. PostgreSQL locks rows, so its transactions run side by side.
-        self._one_at_a_time: AbstractContextManager[object] = (
-            threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
-        )
+        # queue on a Python lock instead, which hands over at once, and share one connection
+        # (checking a pooled one out and in cost a third of each transaction's CPU); other
+        # processes still meet SQLite's busy timeout. On PostgreSQL, which locks rows, each
+        # transaction takes a pooled connection and they run side by side.
+        self._sqlite_lock = threading.Lock() if is_sqlite(engine) else None
+        self._sqlite_connection: Connection | None = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self._one_at_a_time, self._engine.begin() as connection:
-            yield connection
+        if self._sqlite_lock is None:
+            with self._engine.begin() as connection:
+                yield connection
+            return
+        with self._sqlite_lock:
+            if self._sqlite_connection is None:
+                self._sqlite_connection = self._engine.connect()
+            try:
+                with self._sqlite_connection.begin():
+                    yield self._sqlite_connection
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                # The database itself failed (a full disk, a removed file): the next transaction
+                # starts on a fresh connection. A refused INSERT (a known event) is no reason.
+                self._sqlite_connection.close()
+                self._sqlite_connection = None
+                raise
 
     @classmethod
     def open(cls, url: str, clock: Callable[[], float] = time.time) -> SqlProcessedEvents:
@@ -189,4 +203,9 @@ class SqlProcessedEvents:
         return status == _SENT
 
     def dispose(self) -> None:
+        if self._sqlite_lock is not None:
+            with self._sqlite_lock:
+                if self._sqlite_connection is not None:
+                    self._sqlite_connection.close()
+                    self._sqlite_connection = None
         self._engine.dispose()

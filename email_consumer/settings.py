@@ -6,8 +6,8 @@ The worker's own (with defaults):
 
 | variable | default | meaning |
 | --- | --- | --- |
-| WORKER_CONCURRENCY | 4 | events handled at once (threads) |
-| WORKER_PREFETCH | = 2 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
+| WORKER_CONCURRENCY | 4 | emails sent at once: SMTP connections (the pool has twice as many threads) |
+| WORKER_PREFETCH | = 3 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
 | WORKER_SHUTDOWN_TIMEOUT_S | 30 | on SIGTERM, how long in-flight events may finish |
 | WORKER_CLAIM_LEASE_S | 300 | how long one delivery holds an event before another may (*) |
 | WORKER_RECONNECT_MAX_DELAY_S | 30 | cap of the growing delay between reconnection attempts |
@@ -135,9 +135,9 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
         ),
         worker=WorkerSettings(
             concurrency=concurrency,
-            # Twice the pool: a thread that finishes finds the next delivery already here
-            # instead of waiting a round trip to the broker for it.
-            prefetch=env.integer("WORKER_PREFETCH", 2 * concurrency, minimum=1),
+            # More than the pool's 2 x concurrency threads: a thread that finishes finds the
+            # next delivery already here instead of waiting a round trip to the broker for it.
+            prefetch=env.integer("WORKER_PREFETCH", 3 * concurrency, minimum=1),
             shutdown_timeout_s=env.number("WORKER_SHUTDOWN_TIMEOUT_S", 30.0),
             claim_lease_s=claim_lease_s,
             reconnect_max_delay_s=env.number("WORKER_RECONNECT_MAX_DELAY_S", 30.0, minimum=0.1),

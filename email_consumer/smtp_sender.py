@@ -1,11 +1,14 @@
 """The smtplib adapter of the `EmailSender` port.
 
-One SMTP connection per worker thread, opened on first use and reused for the next emails
-(smtplib objects are not thread-safe, and a fresh TCP + TLS + login per email is slow). A broken
-or stale connection is dropped and reopened: one idle for a few seconds is checked with NOOP
-before use (servers close idle sessions), and one that breaks under a send is reopened once and
-the send tried again on the fresh one. A NOOP before every email would cost a round trip each.
-The email arrives already serialised (`RenderedEmail`) and goes out as those very bytes.
+A pool of at most `max_connections` SMTP connections (WORKER_CONCURRENCY), shared by the
+worker's threads: a send takes an idle connection (or opens one while under the limit, or waits
+for one), and gives it back after. So the mail server sees a fixed number of sessions however
+many threads prepare emails, and a fresh TCP + TLS + login per email is avoided. smtplib objects
+are not thread-safe; a connection is used by one send at a time. A broken or stale connection is
+dropped and reopened: one idle for a few seconds is checked with NOOP before use (servers close
+idle sessions), and one that breaks under a send is reopened once and the send tried again on
+the fresh one. A NOOP before every email would cost a round trip each. The email arrives already
+serialised (`RenderedEmail`) and goes out as those very bytes.
 
 Every smtplib and socket error is wrapped at this edge, and the edge tells two phases apart:
 
@@ -24,6 +27,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from email_consumer.errors import (
     SmtpRejected,
@@ -43,6 +47,13 @@ _log = get_logger(__name__)
 IDLE_CHECK_AFTER_S = 5.0
 
 
+@dataclass(slots=True)
+class _Pooled:
+    connection: smtplib.SMTP
+    last_used: float
+    """The clock when the server last answered on it."""
+
+
 class SmtpEmailSender:
     """Sends messages with smtplib, wrapping failures into the worker's error classes."""
 
@@ -50,46 +61,67 @@ class SmtpEmailSender:
         self,
         settings: SmtpSettings,
         *,
+        max_connections: int = 1,
         idle_check_after_s: float = IDLE_CHECK_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._idle_check_after_s = idle_check_after_s
         self._clock = clock
-        # Per thread: `connection` (or None) and `last_used`, the clock when it last answered.
-        self._local = threading.local()
-        # Every thread's open connection, so `close_all` can say QUIT to each at shutdown.
-        self._open_connections: set[smtplib.SMTP] = set()
-        self._registry_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        # Idle connections, the most recently used last: it is taken first, being the least
+        # likely to have been dropped by the server.
+        self._idle: list[_Pooled] = []
+        # Every open connection, idle or in use, so `close_all` can say QUIT to each.
+        self._open: set[smtplib.SMTP] = set()
+        self.connections_opened = 0
+        """How many connections this sender has opened in all (for tests and diagnostics)."""
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
 
     def send(self, email: RenderedEmail) -> None:
-        previous = getattr(self._local, "connection", None)
-        connection = self._session()
+        with self._slots:
+            pooled = self._take_idle()
+            reused = pooled is not None
+            if pooled is None:
+                pooled = _Pooled(self._session(), self._clock())
+            try:
+                self._send_on(pooled, email, reused=reused)
+            except BaseException:
+                self._discard(pooled.connection)
+                raise
+            pooled.last_used = self._clock()
+            with self._lock:
+                self._idle.append(pooled)
+
+    def _send_on(self, pooled: _Pooled, email: RenderedEmail, *, reused: bool) -> None:
+        """Transmit on `pooled` (replacing its connection once if a reused one was dropped)."""
         try:
             try:
-                self._transmit(connection, email)
+                self._transmit(pooled.connection, email)
             except (smtplib.SMTPServerDisconnected, ConnectionError):
-                if connection is not previous:
+                if not reused:
                     raise  # a fresh connection broke: the server is in trouble, not the session
                 # A reused connection the server had closed (idle timeout, restart) fails at its
                 # first command, before the message went out, so one fresh connection retries.
                 # Breaking later, mid-message, is the at-least-once case any retry has.
-                self._discard()
-                self._transmit(self._session(), email)
+                self._discard(pooled.connection)
+                pooled.connection = self._session()
+                self._transmit(pooled.connection, email)
         except smtplib.SMTPRecipientsRefused as error:
-            self._discard()
             code, text = _first_reply(error.recipients)
             raise _reply_error(code, text) from None
         except smtplib.SMTPResponseException as error:
-            self._discard()
             raise _reply_error(error.smtp_code, _decode(error.smtp_error)) from None
         except smtplib.SMTPNotSupportedError as error:
             # Raised here only for what this message needs (SMTPUTF8 for a non-ASCII address).
-            self._discard()
             raise UndeliverableMessage(f"mail server cannot carry this message: {error}") from None
         except (smtplib.SMTPException, OSError) as error:
             # OSError covers refused and reset connections and socket timeouts.
-            self._discard()
             raise SmtpUnavailable(_describe(error, self._settings)) from None
 
     def _transmit(self, connection: smtplib.SMTP, email: RenderedEmail) -> None:
@@ -102,28 +134,38 @@ class SmtpEmailSender:
             email.data,
             mail_options=["SMTPUTF8"] if international else [],
         )
-        self._local.last_used = self._clock()
-
-    def close(self) -> None:
-        """Close this thread's connection, if any."""
-        connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            self._forget(connection)
-            _quit_quietly(connection)
 
     def close_all(self) -> None:
-        """Say QUIT on every thread's connection; for shutdown, once the pool is idle."""
-        with self._registry_lock:
-            connections = list(self._open_connections)
-            self._open_connections.clear()
+        """Say QUIT on every connection; for shutdown, once the worker's pool is idle."""
+        with self._lock:
+            connections = list(self._open)
+            self._open.clear()
+            self._idle.clear()
         for connection in connections:
             _quit_quietly(connection)
+
+    def _take_idle(self) -> _Pooled | None:
+        """An idle connection fit for use (checked with NOOP when idle a while), or None."""
+        with self._lock:
+            pooled = self._idle.pop() if self._idle else None
+        if pooled is None or self._clock() - pooled.last_used < self._idle_check_after_s:
+            return pooled
+        try:
+            # Idle a while: the server may have closed it; finding out now is cheaper than
+            # failing mid-message.
+            code, _ = pooled.connection.noop()
+            if code == 250:
+                pooled.last_used = self._clock()
+                return pooled
+        except (smtplib.SMTPException, OSError):
+            pass
+        self._discard(pooled.connection)
+        return None
 
     def _session(self) -> smtplib.SMTP:
         settings = self._settings
         try:
-            return self._connection()
+            connection = self._open_connection()
         except (smtplib.SMTPResponseException, smtplib.SMTPNotSupportedError) as error:
             detail = _session_detail(error)
             _log.error(
@@ -145,30 +187,12 @@ class SmtpEmailSender:
                     error=str(error),
                 )
             raise SmtpUnavailable(_describe(error, settings)) from None
-
-    def _connection(self) -> smtplib.SMTP:
-        connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
-        if connection is not None:
-            if self._clock() - self._local.last_used < self._idle_check_after_s:
-                return connection
-            try:
-                # Idle a while: the server may have closed it; finding out now is cheaper than
-                # failing mid-message.
-                code, _ = connection.noop()
-                if code == 250:
-                    self._local.last_used = self._clock()
-                    return connection
-            except (smtplib.SMTPException, OSError):
-                pass
-            self._discard()
-        connection = self._open()
-        self._local.connection = connection
-        self._local.last_used = self._clock()
-        with self._registry_lock:
-            self._open_connections.add(connection)
+        with self._lock:
+            self._open.add(connection)
+            self.connections_opened += 1
         return connection
 
-    def _open(self) -> smtplib.SMTP:
+    def _open_connection(self) -> smtplib.SMTP:
         settings = self._settings
         connection = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_s)
         try:
@@ -183,16 +207,10 @@ class SmtpEmailSender:
         _log.debug("smtp connected", host=settings.host, port=settings.port)
         return connection
 
-    def _discard(self) -> None:
-        connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            self._forget(connection)
-            connection.close()
-
-    def _forget(self, connection: smtplib.SMTP) -> None:
-        with self._registry_lock:
-            self._open_connections.discard(connection)
+    def _discard(self, connection: smtplib.SMTP) -> None:
+        with self._lock:
+            self._open.discard(connection)
+        connection.close()
 
 
 def _quit_quietly(connection: smtplib.SMTP) -> None:

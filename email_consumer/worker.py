@@ -53,6 +53,7 @@ from shared.settings import BrokerSettings
 _log = get_logger(__name__)
 
 _FIRST_RECONNECT_DELAY_S = 0.5
+THREADS_PER_CONNECTION = 2
 _POLL_S = 0.5
 
 
@@ -118,7 +119,12 @@ class Worker:
         self._metrics = metrics
         self._stopping = stopping
         self._host = host or socket.gethostname()
-        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="email-worker")
+        # Twice as many threads as emails sent at once (the sender's SMTP connections): while
+        # `concurrency` emails are on the wire, the other threads claim and render the next ones
+        # and record the finished ones, so no SMTP connection waits for that bookkeeping.
+        self._pool = ThreadPoolExecutor(
+            THREADS_PER_CONNECTION * settings.concurrency, thread_name_prefix="email-worker"
+        )
         self._housekeeping = housekeeping
         self._housekeeping_interval_s = housekeeping_interval_s
         self._next_housekeeping = 0.0  # at start-up first

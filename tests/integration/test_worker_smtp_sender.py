@@ -61,7 +61,7 @@ def test_the_rendered_bytes_go_out_unchanged_to_the_envelope(smtp_server: SmtpTe
     # The envelope, not the To header, says where it goes: the renderer keeps the two equal.
     assert received.envelope_to == ("bob@example.com",)
     assert received.raw == email.data
-    sender.close()
+    sender.close_all()
 
 
 def test_a_busy_connection_is_reused_without_a_noop_round_trip(
@@ -85,49 +85,46 @@ def test_a_busy_connection_is_reused_without_a_noop_round_trip(
     sender.send(_message())
     assert len(noops) == 1
     assert len(smtp_server.messages) == 3
-    sender.close()
+    assert sender.connections_opened == 1
+    sender.close_all()
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced(smtp_server: SmtpTestServer) -> None:
     now = [0.0]
     sender = SmtpEmailSender(_settings(smtp_server), idle_check_after_s=5, clock=lambda: now[0])
     sender.send(_message())
-    first = sender._connection()
     smtp_server.stop()
     smtp_server.start()
     now[0] = 60.0
     sender.send(_message())  # NOOP finds the connection dead; a fresh one carries the email
-    assert sender._connection() is not first
+    assert sender.connections_opened == 2
+    assert sender.open_connections == 1, "the dead connection must be dropped"
     assert len(smtp_server.messages) == 2
-    sender.close()
+    sender.close_all()
 
 
 def test_messages_are_delivered_over_one_reused_connection(smtp_server: SmtpTestServer) -> None:
     sender = SmtpEmailSender(_settings(smtp_server))
-    first = sender._connection()
-    sender.send(_message())
-    sender.send(_message())
-    assert sender._connection() is first
-    assert len(smtp_server.messages) == 2
-    sender.close()
-
-
-def test_each_thread_has_its_own_connection(smtp_server: SmtpTestServer) -> None:
-    sender = SmtpEmailSender(_settings(smtp_server))
-    seen = []
-
-    def send() -> None:
+    for _ in range(3):
         sender.send(_message())
-        seen.append(id(sender._connection()))
-        sender.close()
+    assert sender.connections_opened == 1
+    assert len(smtp_server.messages) == 3
+    sender.close_all()
 
-    threads = [threading.Thread(target=send) for _ in range(3)]
+
+def test_threads_share_at_most_max_connections(smtp_server: SmtpTestServer) -> None:
+    # Slow enough that the six sends overlap: without the limit each would open its own.
+    smtp_server.set_latency(0.2)
+    sender = SmtpEmailSender(_settings(smtp_server), max_connections=2)
+    threads = [threading.Thread(target=sender.send, args=(_message(),)) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(smtp_server.messages) == 3
-    assert len(set(seen)) == 3
+    assert len(smtp_server.messages) == 6
+    assert sender.connections_opened == 2
+    sender.close_all()
+    assert sender.open_connections == 0
 
 
 def test_a_4xx_reply_is_transient_with_code_and_text(smtp_server: SmtpTestServer) -> None:
@@ -227,23 +224,29 @@ def test_starttls_required_but_not_offered_is_a_transient_session_error(
         sender.send(_message())
 
 
-def test_close_all_quits_every_thread_connection(smtp_server: SmtpTestServer) -> None:
-    sender = SmtpEmailSender(_settings(smtp_server))
-    connections = []
+def test_close_all_quits_every_connection(
+    smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quits = []
+    real_quit = smtplib.SMTP.quit
 
-    def send() -> None:
-        sender.send(_message())
-        connections.append(sender._connection())
+    def counting_quit(connection: smtplib.SMTP) -> tuple[int, bytes]:
+        quits.append(connection)
+        return real_quit(connection)
 
-    threads = [threading.Thread(target=send) for _ in range(3)]
+    monkeypatch.setattr(smtplib.SMTP, "quit", counting_quit)
+    smtp_server.set_latency(0.2)
+    sender = SmtpEmailSender(_settings(smtp_server), max_connections=3)
+    threads = [threading.Thread(target=sender.send, args=(_message(),)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len({id(c) for c in connections}) == 3
-    assert all(c.sock is not None for c in connections)
+    assert sender.open_connections == 3
     sender.close_all()
-    assert all(c.sock is None for c in connections), "every pool connection must be closed"
+    assert len({id(c) for c in quits}) == 3, "every pool connection must say QUIT"
+    assert all(c.sock is None for c in quits)
+    assert sender.open_connections == 0
     assert len(smtp_server.messages) == 3
 
 

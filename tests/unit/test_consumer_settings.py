@@ -18,7 +18,7 @@ def test_defaults_serve_a_local_run() -> None:
     assert str(settings.mail_from) == "Example <welcome@example.com>"
     assert settings.database_url == "sqlite:///var/email_consumer.sqlite3"
     assert settings.retry.broker_delays_s == DEFAULT_RETRY_DELAYS_S
-    assert settings.worker.prefetch == 2 * settings.worker.concurrency
+    assert settings.worker.prefetch == 3 * settings.worker.concurrency
     assert settings.metrics_port == 0
     assert settings.metrics_address == "0.0.0.0"
     assert settings.worker.processed_retention_s == 30 * 24 * 3600
@@ -37,7 +37,7 @@ def test_worker_and_retry_variables_are_read() -> None:
         )
     )
     assert settings.worker.concurrency == 8
-    assert settings.worker.prefetch == 16  # twice the pool unless set
+    assert settings.worker.prefetch == 24  # three times the concurrency unless set
     assert settings.retry.broker_delays_s == (1, 2)
     assert settings.retry.attempts == 2
     assert settings.smtp.starttls is True
