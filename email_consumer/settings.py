@@ -6,7 +6,7 @@ The worker's own (with defaults):
 
 | variable | default | meaning |
 | --- | --- | --- |
-| WORKER_CONCURRENCY | 4 | emails sent at once: SMTP connections (the pool has twice as many threads) |
+| WORKER_CONCURRENCY | 4 | emails sent at once: SMTP connections (2 threads per connection) |
 | WORKER_PREFETCH | = 3 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
 | WORKER_SHUTDOWN_TIMEOUT_S | 30 | on SIGTERM, how long in-flight events may finish |
 | WORKER_CLAIM_LEASE_S | 300 | how long one delivery holds an event before another may (*) |

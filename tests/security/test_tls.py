@@ -142,7 +142,7 @@ def test_starttls_with_a_trusted_certificate_delivers(
     try:
         sender.send(_welcome())
     finally:
-        sender.close()
+        sender.close_all()
     (received,) = starttls_server.wait_for(1)
     assert received.message["Subject"] == "Welcome"
 
@@ -171,5 +171,5 @@ def test_starttls_refuses_a_certificate_it_cannot_verify(
         with pytest.raises(SmtpUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             sender.send(_welcome())
     finally:
-        sender.close()
+        sender.close_all()
     assert starttls_server.messages == []
