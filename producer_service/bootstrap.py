@@ -78,7 +78,7 @@ def bootstrap(env: Environment | None = None) -> Producer:
         settings=settings,
         engine=engine,
         register=RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY),
-        outbox=SqlOutboxStore(engine),
+        outbox=SqlOutboxStore(engine, lease_s=settings.relay.claim_lease_s),
     )
 
 

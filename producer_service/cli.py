@@ -188,8 +188,8 @@ def _try_to_publish(producer: Producer, event_id: str) -> bool:
             return True
     finally:
         publisher.close()
-    # Not published by us: a relay may have claimed it first (on SQLite, while we waited for
-    # the write lock) and published it already.
+    # Not published by us: a relay claimed it first, and may have published it already (if it is
+    # still waiting for the confirm, the event is reported as queued, which it is).
     return producer.outbox.count_published([event_id]) == 1
 
 

@@ -73,10 +73,11 @@ class OutboxStore(Protocol):
     def claim_pending(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
     ) -> AbstractContextManager[ClaimedBatch]:
-        """Pending events with an id above `after_id`, oldest first, held until the block ends.
+        """Pending events with an id above `after_id`, oldest first, claimed for the block.
 
-        Where the database can, other relays skip held rows, so no two relays publish the same
-        event; the marks are written when the block exits without an error.
+        Other relays (and `register`) skip claimed rows, so no two publish the same event while
+        its publisher lives; a claim whose publisher died expires after a lease. No lock is held
+        inside the block. The marks are written when the block exits without an error.
         """
 
     def delete_published_before(self, cutoff: datetime) -> int: ...

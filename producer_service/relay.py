@@ -3,6 +3,11 @@
 Publish before mark: an event is marked only after the broker confirmed it and did not return
 it, so a crash between the two publishes it again (the worker deduplicates by `event_id`) but
 never loses it. Batches keep database round trips and confirm waits to one per batch.
+
+Claim, publish, mark: the claim and the marks are short transactions of their own, and the
+confirm wait in between holds no database lock, so registrations never queue behind a broker
+that is slow to confirm. A claim is a lease: if this process dies before marking, another
+relay publishes the batch again once the lease has run out.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
+    # Set while a relay (or `register`) publishes the row, outside any transaction: others skip
+    # it until `claimed_until`, after which a crashed publisher's rows are claimable again.
+    sa.Column("claim_token", sa.String(32), nullable=True),
+    # Seconds since the epoch: compares the same on every backend, without time-zone surprises.
+    sa.Column("claimed_until", sa.Float, nullable=True),
     sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
 )
 
@@ -70,7 +75,19 @@ def _create_users_and_outbox(connection: Connection) -> None:
     metadata.create_all(connection, tables=[users, outbox], checkfirst=True)
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_users_and_outbox,)
+def _add_outbox_claims(connection: Connection) -> None:
+    # Step 1 builds `outbox` from the definition above, so a database created since this step
+    # exists already has the columns; only one created before it lacks them.
+    present = {column["name"] for column in sa.inspect(connection).get_columns(outbox.name)}
+    for column in (outbox.c.claim_token, outbox.c.claimed_until):
+        if column.name not in present:
+            column_type = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {outbox.name} ADD COLUMN {column.name} {column_type}"
+            )
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_users_and_outbox, _add_outbox_claims)
 
 
 def upgrade(engine: Engine) -> int:

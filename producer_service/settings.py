@@ -16,9 +16,15 @@ from shared.settings import (
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_RETENTION_S = 7 * 24 * 3600
-# Below SQLite's 30 s busy timeout: on SQLite a batch holds the write lock while it waits for
-# confirms, and a registration must never time out behind a broker that stopped answering.
+# A broker in a memory alarm never confirms; the relay gives up on the batch after this long, and
+# the events stay pending for the next pass.
 DEFAULT_CONFIRM_TIMEOUT_S = 10.0
+# A claimed batch is published and marked within one confirm wait, plus closing the connection
+# after a timeout (up to 5 s), plus the marks' wait for the database. The lease allows several
+# such waits, so a live relay's claim is never taken over; a crashed relay's rows are claimable
+# again once it ends (45 s with the defaults).
+_LEASE_CONFIRM_WAITS = 3
+_LEASE_MARGIN_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,11 @@ class RelaySettings:
     """Published rows older than this are deleted; the outbox is not an archive."""
     confirm_timeout_s: float
     """How long to wait for the broker to confirm a batch before treating it as failed."""
+
+    @property
+    def claim_lease_s(self) -> float:
+        """How long a claimed batch stays reserved for its relay before another may take it."""
+        return _LEASE_CONFIRM_WAITS * self.confirm_timeout_s + _LEASE_MARGIN_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -19,6 +21,7 @@ from shared.database import is_sqlite
 # Well under every database's limit on bound parameters in one statement.
 _IN_LIST_SIZE: Final = 1000
 _MAX_ERROR_CHARS: Final = 500
+_NO_CLAIM: Final = {"claim_token": None, "claimed_until": None}
 _T = TypeVar("_T")
 
 
@@ -61,10 +64,11 @@ class SqlRegistrationStore:
 
 
 class _SqlClaimedBatch:
-    """Rows held for publishing; marks are buffered and written as two statements."""
+    """Rows claimed under one token; marks are buffered and written in one short transaction."""
 
-    def __init__(self, messages: Sequence[OutboxMessage]) -> None:
+    def __init__(self, messages: Sequence[OutboxMessage], token: str) -> None:
         self.messages = messages
+        self._token = token
         self._ids = {message.event_id: message.id for message in messages}
         self._published: list[int] = []
         self._failed: dict[int, str] = {}
@@ -77,62 +81,133 @@ class _SqlClaimedBatch:
             self._failed[self._ids[event_id]] = reason[:_MAX_ERROR_CHARS]
 
     def write(self, connection: Connection) -> None:
+        # Each statement touches only rows still claimed under our token: if our lease ran out
+        # and another publisher took a row over, its claim and its marks are left alone.
+        ours = outbox.c.claim_token == self._token
         now = datetime.now(UTC)
         for ids in _slices(self._published):
             connection.execute(
                 outbox.update()
-                .where(outbox.c.id.in_(ids))
-                .values(published_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+                .where(outbox.c.id.in_(ids), ours)
+                .values(
+                    published_at=now,
+                    attempts=outbox.c.attempts + 1,
+                    last_error=None,
+                    **_NO_CLAIM,
+                )
             )
         if self._failed:
             connection.execute(
                 outbox.update()
-                .where(outbox.c.id == sa.bindparam("row_id"))
-                .values(attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error")),
+                .where(outbox.c.id == sa.bindparam("row_id"), ours)
+                .values(
+                    attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error"), **_NO_CLAIM
+                ),
                 [{"row_id": row_id, "error": error} for row_id, error in self._failed.items()],
+            )
+        marked = {*self._published, *self._failed}
+        self.release(connection, [row_id for row_id in self._ids.values() if row_id not in marked])
+
+    def release(self, connection: Connection, ids: Sequence[int] | None = None) -> None:
+        """Give up the claim on `ids` (default: the whole batch) without marking them."""
+        for chunk in _slices(list(self._ids.values()) if ids is None else ids):
+            connection.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(chunk), outbox.c.claim_token == self._token)
+                .values(**_NO_CLAIM)
             )
 
 
 class SqlOutboxStore:
-    """The relay's view of the outbox table."""
+    """The relay's view of the outbox table.
 
-    def __init__(self, engine: Engine) -> None:
+    A batch is claimed in one short transaction (a token and a lease written on its rows), then
+    published with no transaction open, then marked in another short one. Nothing holds a lock
+    while the broker confirms, so on SQLite, whose single write lock every transaction takes
+    (BEGIN IMMEDIATE), registrations never wait for a confirm.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._engine = engine
         self._sqlite = is_sqlite(engine)
+        self._lease_s = lease_s
+        # Wall-clock time: leases are compared across processes (and hosts, on PostgreSQL).
+        self._clock = clock
 
     @contextmanager
     def claim_pending(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
     ) -> Iterator[_SqlClaimedBatch]:
+        token = uuid.uuid4().hex
+        batch = _SqlClaimedBatch(
+            self._in_transaction(lambda c: self._claim(c, token, after_id, limit, event_ids)),
+            token,
+        )
+        try:
+            yield batch
+        except BaseException:
+            self._release_after_error(batch)
+            raise
+        if batch.messages:
+            self._in_transaction(batch.write)
+
+    def _claim(
+        self,
+        connection: Connection,
+        token: str,
+        after_id: int,
+        limit: int,
+        event_ids: Sequence[str] | None,
+    ) -> list[OutboxMessage]:
+        now = self._clock()
         query = (
             sa.select(outbox)
-            .where(outbox.c.published_at.is_(None), outbox.c.id > after_id)
+            .where(
+                outbox.c.published_at.is_(None),
+                outbox.c.id > after_id,
+                sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+            )
             .order_by(outbox.c.id)
             .limit(limit)
         )
         if event_ids is not None:
             query = query.where(outbox.c.event_id.in_(event_ids))
         if not self._sqlite:
-            # Held until commit, i.e. until the batch is published and marked; another relay
-            # (or `register` publishing its own event) skips these rows instead of waiting for
-            # them or publishing them again.
+            # Two relays claiming at once: each skips the rows the other is claiming, instead of
+            # waiting for them and then finding them claimed. SQLite's BEGIN IMMEDIATE already
+            # runs claims one at a time.
             query = query.with_for_update(skip_locked=True)
-        # On SQLite, which has no row locks, the engine from shared.database begins every
-        # transaction IMMEDIATE: the batch holds the single write lock until it is marked, so a
-        # second publisher (another relay, `register`) waits and then finds the rows published.
+        messages = [_message(row) for row in connection.execute(query)]
+        for ids in _slices([message.id for message in messages]):
+            connection.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids))
+                .values(claim_token=token, claimed_until=now + self._lease_s)
+            )
+        return messages
+
+    def _release_after_error(self, batch: _SqlClaimedBatch) -> None:
+        # The lease would free the rows anyway; releasing them now lets the next pass retry them
+        # at once. Failing to release must not hide the error that brought us here.
+        if batch.messages:
+            with suppress(sa.exc.SQLAlchemyError), self._engine.begin() as connection:
+                batch.release(connection)
+
+    def _in_transaction(self, work: Callable[[Connection], _T]) -> _T:
         with _database_errors_are_transient(), self._engine.begin() as connection:
-            batch = _SqlClaimedBatch([_message(row) for row in connection.execute(query)])
-            yield batch
-            batch.write(connection)
+            return work(connection)
 
     def delete_published_before(self, cutoff: datetime) -> int:
-        with _database_errors_are_transient(), self._engine.begin() as connection:
-            result = connection.execute(
-                outbox.delete().where(
-                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
-                )
-            )
-            return int(result.rowcount)
+        statement = outbox.delete().where(
+            outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
+        )
+        return self._in_transaction(lambda connection: connection.execute(statement).rowcount)
 
     def count_published(self, event_ids: Sequence[str]) -> int:
         total = 0

@@ -24,6 +24,7 @@ from tests.support.producer import (
     json_lines,
     outbox_rows,
     producer_env,
+    read_table,
     run_producer,
     user_count,
 )
@@ -191,7 +192,7 @@ def test_a_failure_while_publishing_after_the_commit_exits_0_and_says_queued(
     # an unexpected database refusal after the registration was committed.
     _with_schema(
         sqlite_url,
-        "CREATE TRIGGER outbox_frozen BEFORE UPDATE ON outbox "
+        "CREATE TRIGGER outbox_frozen BEFORE UPDATE OF published_at ON outbox "
         "BEGIN SELECT RAISE(ABORT, 'outbox is frozen'); END",
     )
     env = producer_env(amqp_url, sqlite_url)
@@ -230,6 +231,29 @@ def test_an_event_a_relay_published_meanwhile_is_reported_as_published(
     assert json.loads(result.stdout)["published"] is True
     assert "not published" not in result.stderr
     assert "queued" not in result.stderr
+
+
+def test_an_event_a_relay_is_publishing_is_left_to_it_and_reported_as_queued(
+    amqp_url: str, sqlite_url: str
+) -> None:
+    # Stands in for a relay that claimed the new event first and is waiting for its confirm.
+    _with_schema(
+        sqlite_url,
+        "CREATE TRIGGER claimed_at_once AFTER INSERT ON outbox BEGIN "
+        "UPDATE outbox SET claim_token = 'a-relay', claimed_until = 4102444800 "
+        "WHERE id = NEW.id; END",
+    )
+    env = producer_env(amqp_url, sqlite_url)
+
+    result = run_producer("register", "alice", "alice@example.com", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["published"] is False
+    assert "queued in the outbox" in result.stderr
+    assert drain_queue(amqp_url) == []  # not published a second time
+    claims = read_table(sqlite_url, "SELECT claim_token FROM outbox WHERE published_at IS NULL")
+    assert [claim for (claim,) in claims] == [None, "a-relay"]  # the relay's claim untouched
 
 
 # ---- database errors: one line, no user data in the logs --------------------------------------

@@ -16,7 +16,10 @@ def test_defaults_serve_a_local_run() -> None:
     assert settings.broker.amqp_url == "amqp://guest:guest@localhost:5672/%2F"
     assert settings.relay.batch_size == 500
     assert settings.relay.retention_s == 7 * 24 * 3600
-    assert settings.relay.confirm_timeout_s < 30  # below SQLite's busy timeout
+    assert settings.relay.confirm_timeout_s == 10.0
+    # A live relay's batch (a confirm wait, closing a timed-out connection, the marks) ends well
+    # inside its claim's lease, so no other relay takes it over.
+    assert settings.relay.claim_lease_s >= 2 * settings.relay.confirm_timeout_s + 5
 
 
 def test_every_variable_read_is_a_producer_relay_or_shared_one() -> None:
