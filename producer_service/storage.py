@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
@@ -166,8 +168,8 @@ class SqlOutboxStore:
         event_ids: Sequence[str] | None,
     ) -> list[OutboxMessage]:
         now = self._clock()
-        query = (
-            sa.select(outbox)
+        pending = (
+            sa.select(outbox.c.id)
             .where(
                 outbox.c.published_at.is_(None),
                 outbox.c.id > after_id,
@@ -177,20 +179,22 @@ class SqlOutboxStore:
             .limit(limit)
         )
         if event_ids is not None:
-            query = query.where(outbox.c.event_id.in_(event_ids))
+            pending = pending.where(outbox.c.event_id.in_(event_ids))
         if not self._sqlite:
             # Two relays claiming at once: each skips the rows the other is claiming, instead of
             # waiting for them and then finding them claimed. SQLite's BEGIN IMMEDIATE already
             # runs claims one at a time.
-            query = query.with_for_update(skip_locked=True)
-        messages = [_message(row) for row in connection.execute(query)]
-        for ids in _slices([message.id for message in messages]):
-            connection.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(ids))
-                .values(claim_token=token, claimed_until=now + self._lease_s)
-            )
-        return messages
+            pending = pending.with_for_update(skip_locked=True)
+        # One statement picks, claims and returns the rows (RETURNING: SQLite 3.35+, any
+        # PostgreSQL); a SELECT and then an UPDATE naming each id cost half as much again.
+        claim = (
+            outbox.update()
+            .where(outbox.c.id.in_(pending.scalar_subquery()))
+            .values(claim_token=token, claimed_until=now + self._lease_s)
+            .returning(*_MESSAGE_COLUMNS)
+        )
+        # RETURNING keeps no order; the relay publishes in id order.
+        return sorted((_message(row) for row in connection.execute(claim)), key=_by_id)
 
     def _release_after_error(self, batch: _SqlClaimedBatch) -> None:
         # The lease would free the rows anyway; releasing them now lets the next pass retry them
@@ -266,20 +270,45 @@ def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
     }
 
 
-def _message(row: sa.Row[Any]) -> OutboxMessage:
-    created_at: datetime = row.created_at
+_MESSAGE_COLUMNS: Final = (
+    outbox.c.id,
+    outbox.c.event_id,
+    outbox.c.event_type,
+    outbox.c.routing_key,
+    outbox.c.payload,
+    outbox.c.headers,
+    outbox.c.correlation_id,
+    outbox.c.created_at,
+)
+
+
+def _by_id(message: OutboxMessage) -> int:
+    return message.id
+
+
+def _message(row: Sequence[Any]) -> OutboxMessage:
+    # Unpacked by position (the order of _MESSAGE_COLUMNS): a named look-up per column cost a
+    # third of claiming a batch.
+    row_id, event_id, event_type, routing_key, payload, headers, correlation_id, created_at = row
     if created_at.tzinfo is None:  # SQLite keeps no zone; every value written is UTC
         created_at = created_at.replace(tzinfo=UTC)
     return OutboxMessage(
-        id=int(row.id),
-        event_id=row.event_id,
-        event_type=row.event_type,
-        routing_key=row.routing_key,
-        body=row.payload.encode("utf-8"),
-        headers=json.loads(row.headers),
-        correlation_id=row.correlation_id,
+        id=int(row_id),
+        event_id=event_id,
+        event_type=event_type,
+        routing_key=routing_key,
+        body=payload.encode("utf-8"),
+        headers=_decoded_headers(headers),
+        correlation_id=correlation_id,
         created_at=created_at,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_headers(text: str) -> Mapping[str, Any]:
+    # Every event of one schema version carries the same few headers: decode each text once.
+    # Read-only, since the cached mapping is shared (the publisher copies it).
+    return MappingProxyType(json.loads(text))
 
 
 def _slices(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
