@@ -306,7 +306,8 @@ def test_run_forever_waits_out_a_database_outage() -> None:
 
 
 def test_an_idle_relay_polls_again_soon_then_slows_to_the_interval() -> None:
-    pauses = [idle_pause_s(n, poll_interval_s=1.0) for n in range(1, 12)]
-    assert pauses[0] < 0.01  # right after traffic: milliseconds, not the whole interval
+    pauses = [idle_pause_s(n, poll_interval_s=1.0) for n in range(1, 120)]
+    # Right after traffic, for a while: milliseconds, not the whole interval, nor growing.
+    assert max(pauses[:50]) < 0.01
     assert pauses == sorted(pauses)
     assert pauses[-1] == 1.0  # a long-idle relay polls at the configured interval
