@@ -34,8 +34,8 @@ SECTIONS = {
     "latency": {
         *(f"dramatiq_{p}" for p in ("p50", "p95", "p99", "max")),
         *("p50", "p95", "p99", "max"),
-        "p50_relay_poll_10ms",
-        "p99_relay_poll_10ms",
+        "p50_light_rate",
+        "p99_light_rate",
     },
     "memory": {"rss_warmup", "rss_end", "rss_peak"},
 }
