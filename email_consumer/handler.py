@@ -100,17 +100,18 @@ class WelcomeEmailHandler:
     def _claim_and_send(self, event: UserRegistered, email: RenderedEmail) -> str | None:
         """The claim token once the email was sent; None when it had been sent before."""
         token = self._new_token()
-        claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
-        if claim is Claim.ALREADY_SENT:
-            _log.info("email already sent for this event; not sending again")
-            return None
-        if claim is Claim.HELD_ELSEWHERE:
-            raise EventBusy("another delivery of this event is being processed")
-        try:
-            self._sender.send(email)
-        except BaseException:
-            self._release_quietly(event.event_id, token)
-            raise
+        with self._sender.reserved():
+            claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
+            if claim is Claim.ALREADY_SENT:
+                _log.info("email already sent for this event; not sending again")
+                return None
+            if claim is Claim.HELD_ELSEWHERE:
+                raise EventBusy("another delivery of this event is being processed")
+            try:
+                self._sender.send(email)
+            except BaseException:
+                self._release_quietly(event.event_id, token)
+                raise
         _log.info("welcome email sent")
         return token
 

@@ -31,8 +31,9 @@ from email.header import Header
 from typing import Final
 
 CRLF: Final = b"\r\n"
-# One header line should stay within 78 characters (RFC 5322 2.1.1).
+# One header line should stay within 78 characters and must within 998 (RFC 5322 2.1.1).
 _MAX_LINE: Final = 78
+_MAX_SMTP_LINE: Final = 998
 _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PLAIN_ADDRESS: Final = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*")
@@ -58,6 +59,17 @@ def unstructured(name: str, value: str) -> bytes:
     """A `Name: value` line (folded when encoded) for free text such as a subject."""
     text = value.encode("ascii") if _fits_as_is(name, value) else _encoded_words(name, value)
     return name.encode("ascii") + b": " + text + CRLF
+
+
+def identifier(name: str, value: str) -> bytes:
+    """A `Name: value` line for an identifier (Message-ID, X-Event-ID), written as it is.
+
+    Encoded-words are not allowed there (RFC 2047 5), so an identifier that is not printable
+    ASCII, or too long for one line, is refused rather than encoded.
+    """
+    if _PRINTABLE_ASCII.fullmatch(value) is None or len(name) + 2 + len(value) > _MAX_SMTP_LINE:
+        raise ValueError(f"{name} must be printable ASCII on one line")
+    return f"{name}: {value}".encode("ascii") + CRLF
 
 
 def mailbox(name: str, display_name: str, address: str) -> bytes:

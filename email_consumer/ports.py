@@ -6,6 +6,7 @@ The adapters live in `smtp_sender.py` and `processed_events.py`; unit tests use 
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +28,13 @@ class RenderedEmail:
 
 
 class EmailSender(Protocol):
+    def reserved(self) -> AbstractContextManager[None]:
+        """Hold a connection for this thread; `send` inside the block uses it without waiting.
+
+        The handler takes it before claiming an event, so that the claim's lease only has to
+        outlast the send itself, never a wait for a free connection.
+        """
+
     def send(self, email: RenderedEmail) -> None:
         """Hand the email to the mail server; returns once the server accepted it.
 

@@ -59,9 +59,14 @@ class WelcomeRenderer:
     def render(self, event: UserRegistered) -> RenderedEmail:
         """The email, or `UndeliverableMessage` when the address cannot be put in a header."""
         content = self._content(event)
-        if mime_writer.is_plain_address(event.data.email):
+        if not mime_writer.is_plain_address(event.data.email):
+            return self._envelope(content, self._build(content))
+        try:
             return self._envelope(content, self._write(content))
-        return self._envelope(content, self._build(content))
+        except (ValueError, UnicodeError) as error:
+            raise UndeliverableMessage(
+                f"cannot build the welcome email: {type(error).__name__}"
+            ) from None
 
     def render_with_email_package(self, event: UserRegistered) -> RenderedEmail:
         """The same email, always built by the `email` package (what `render` is checked
@@ -99,8 +104,8 @@ class WelcomeRenderer:
                 mime_writer.mailbox("To", content.to_name, content.to_address),
                 self._from_line,
                 mime_writer.unstructured("Subject", content.subject),
-                mime_writer.unstructured("Message-ID", content.message_id),
-                mime_writer.unstructured("X-Event-ID", content.event_id),
+                mime_writer.identifier("Message-ID", content.message_id),
+                mime_writer.identifier("X-Event-ID", content.event_id),
             )
         )
         # Derived from the event, so the same event always yields the same bytes.

@@ -4,11 +4,14 @@ A pool of at most `max_connections` SMTP connections (WORKER_CONCURRENCY), share
 worker's threads: a send takes an idle connection (or opens one while under the limit, or waits
 for one), and gives it back after. So the mail server sees a fixed number of sessions however
 many threads prepare emails, and a fresh TCP + TLS + login per email is avoided. smtplib objects
-are not thread-safe; a connection is used by one send at a time. A broken or stale connection is
-dropped and reopened: one idle for a few seconds is checked with NOOP before use (servers close
-idle sessions), and one that breaks under a send is reopened once and the send tried again on
-the fresh one. A NOOP before every email would cost a round trip each. The email arrives already
-serialised (`RenderedEmail`) and goes out as those very bytes.
+are not thread-safe; a connection is used by one send at a time. The handler takes a slot
+(`reserved`) before it claims an event, so the claim's lease never covers a wait for one.
+
+A broken or stale connection is dropped and reopened: one idle for a few seconds is checked
+with NOOP before use (servers close idle sessions), and one that breaks under a send is
+reopened once and the send tried again on the fresh one. A NOOP before every email would cost a
+round trip each. The email arrives already serialised (`RenderedEmail`) and goes out as those
+very bytes.
 
 Every smtplib and socket error is wrapped at this edge, and the edge tells two phases apart:
 
@@ -22,11 +25,12 @@ Every smtplib and socket error is wrapped at this edge, and the edge tells two p
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from email_consumer.errors import (
@@ -69,6 +73,7 @@ class SmtpEmailSender:
         self._idle_check_after_s = idle_check_after_s
         self._clock = clock
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._local = threading.local()  # `reserved`: whether this thread holds a slot
         self._lock = threading.Lock()
         # Idle connections, the most recently used last: it is taken first, being the least
         # likely to have been dropped by the server.
@@ -83,8 +88,21 @@ class SmtpEmailSender:
         with self._lock:
             return len(self._open)
 
-    def send(self, email: RenderedEmail) -> None:
+    @contextlib.contextmanager
+    def reserved(self) -> Iterator[None]:
+        """Take one of the `max_connections` slots for this thread until the block ends."""
+        if getattr(self._local, "reserved", False):
+            yield  # already held further up this thread's stack
+            return
         with self._slots:
+            self._local.reserved = True
+            try:
+                yield
+            finally:
+                self._local.reserved = False
+
+    def send(self, email: RenderedEmail) -> None:
+        with self.reserved():
             pooled = self._take_idle()
             reused = pooled is not None
             if pooled is None:

@@ -132,7 +132,7 @@ class OutboxRelay:
                     continue
                 except DatabaseUnavailable as error:
                     database_failures += 1
-                    pause_s = min(0.5 * 2.0**database_failures, _MAX_RECONNECT_WAIT_S)
+                    pause_s = doubled(0.5, database_failures, _MAX_RECONNECT_WAIT_S)
                     _log.warning(
                         "database unavailable; retrying",
                         attempt=database_failures,
@@ -233,8 +233,7 @@ class OutboxRelay:
         # Events the broker keeps returning would otherwise be retried (and logged) at the
         # polling rate; back off while nothing gets through.
         if failed_passes:
-            pause: float = self._settings.poll_interval_s * 2.0**failed_passes
-            return min(pause, _MAX_FAILURE_PAUSE_S)
+            return doubled(self._settings.poll_interval_s, failed_passes, _MAX_FAILURE_PAUSE_S)
         return idle_pause_s(idle_passes, self._settings.poll_interval_s)
 
     def _report(self, messages: Sequence[OutboxMessage], outcome: PublishOutcome) -> None:
@@ -268,6 +267,13 @@ def idle_pause_s(idle_passes: int, poll_interval_s: float) -> float:
     down towards the configured interval while the outbox stays empty. A relay that always
     slept the whole interval would add up to that much to every event's latency.
     """
-    slowing_for = max(idle_passes - _QUICK_IDLE_PASSES, 0)
-    pause: float = _FIRST_IDLE_PAUSE_S * 2.0**slowing_for
-    return min(pause, poll_interval_s)
+    return doubled(_FIRST_IDLE_PAUSE_S, max(idle_passes - _QUICK_IDLE_PASSES, 0), poll_interval_s)
+
+
+def doubled(first_s: float, times: int, cap_s: float) -> float:
+    """`first_s` doubled `times` times, at most `cap_s`.
+
+    The exponent is bounded: the counters keep growing while a relay stays idle (a pass every
+    second for hours), and a float power of two overflows past 2**1023.
+    """
+    return min(first_s * 2.0 ** min(times, 64), cap_s)

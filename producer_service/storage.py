@@ -186,10 +186,13 @@ class SqlOutboxStore:
             # runs claims one at a time.
             pending = pending.with_for_update(skip_locked=True)
         # One statement picks, claims and returns the rows (RETURNING: SQLite 3.35+, any
-        # PostgreSQL); a SELECT and then an UPDATE naming each id cost half as much again.
+        # PostgreSQL); a SELECT and then an UPDATE naming each id cost half as much again. The
+        # pick is a CTE, not a subquery: PostgreSQL may run a locking subquery once per row it
+        # joins (claiming more than `limit` rows), but evaluates a FOR UPDATE CTE exactly once.
+        picked = pending.cte("picked")
         claim = (
             outbox.update()
-            .where(outbox.c.id.in_(pending.scalar_subquery()))
+            .where(outbox.c.id.in_(sa.select(picked.c.id)))
             .values(claim_token=token, claimed_until=now + self._lease_s)
             .returning(*_MESSAGE_COLUMNS)
         )

@@ -77,7 +77,12 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # cost as much CPU as the statement the transaction is for.
         driver_connection = connection.connection.driver_connection
         assert isinstance(driver_connection, sqlite3.Connection)
-        driver_connection.execute("BEGIN IMMEDIATE")
+        try:
+            driver_connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            # Raised outside SQLAlchemy's statement path, so not wrapped by it: wrap it here,
+            # as callers tell a locked or broken database apart by SQLAlchemy's classes.
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
 
     return engine
 

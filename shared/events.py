@@ -165,7 +165,18 @@ def _clean_text(value: object, field: str) -> str:
         raise InvalidEvent(f"{field} contains control characters")
     if has_encoded_word(value):
         raise InvalidEvent(f"{field} contains '=?', the start of a MIME encoded-word")
+    if not value.isascii() and _has_lone_surrogate(value):
+        # JSON's \ud800 escapes decode to halves of a character that no UTF-8 text can hold.
+        raise InvalidEvent(f"{field} is not valid Unicode text (a lone surrogate)")
     return value
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def has_control_characters(text: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,3 +65,22 @@ def test_urls_users_write_are_accepted() -> None:
     assert normalise_url("sqlite:///var/x.sqlite3") == "sqlite:///var/x.sqlite3"
     with pytest.raises(ConfigError, match="sqlite"):
         normalise_url("mysql://h/db")
+
+
+def test_a_locked_sqlite_database_fails_as_sqlalchemy_error_at_begin(tmp_path: Path) -> None:
+    # Callers (the relay's "database unavailable, retrying", the worker's StoreUnavailable)
+    # recognise a locked database by SQLAlchemy's class, also when BEGIN IMMEDIATE is refused.
+    engine = create_database_engine(f"sqlite:///{tmp_path}/locked.sqlite3")
+    holder = sqlite3.connect(tmp_path / "locked.sqlite3", isolation_level=None)
+    try:
+        with engine.connect() as connection:
+            # Straight on the driver: through SQLAlchemy the PRAGMA would begin a transaction.
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.execute("PRAGMA busy_timeout=50")
+            holder.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(sa.exc.OperationalError, match="locked"), connection.begin():
+                pass
+    finally:
+        holder.close()
+        engine.dispose()

@@ -274,3 +274,23 @@ def _self_signed(folder: Path) -> tuple[str, str]:
         capture_output=True,
     )
     return str(cert), str(key)
+
+
+def test_a_send_waits_while_every_connection_is_reserved(smtp_server: SmtpTestServer) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server), max_connections=1)
+    sent = threading.Event()
+
+    def send_elsewhere() -> None:
+        sender.send(_message())
+        sent.set()
+
+    with sender.reserved():
+        other = threading.Thread(target=send_elsewhere)
+        other.start()
+        assert not sent.wait(0.3), "a send went out while the only connection was reserved"
+        sender.send(_message())  # the holder's own send does not wait for itself
+    assert sent.wait(10)
+    other.join()
+    assert len(smtp_server.messages) == 2
+    assert sender.connections_opened == 1
+    sender.close_all()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,6 +25,15 @@ class FakeSender:
         self.failures = list(failures or [])
         self.sent: list[RenderedEmail] = []
         self.lock = threading.Lock()
+        self.holding = threading.local()
+
+    @contextlib.contextmanager
+    def reserved(self) -> Iterator[None]:
+        self.holding.value = True
+        try:
+            yield
+        finally:
+            self.holding.value = False
 
     def send(self, email: RenderedEmail) -> None:
         with self.lock:
@@ -261,10 +272,11 @@ def test_a_store_down_after_the_send_still_acknowledges_the_sent_email() -> None
     assert store.claims == 1
 
 
-class FailsFirstSendPerThread:
+class FailsFirstSendPerThread(FakeSender):
     """Each thread's first send fails (transiently) once every thread has reached it."""
 
     def __init__(self, threads: int) -> None:
+        super().__init__()
         self.everyone_failing = threading.Barrier(threads, timeout=10)
         self.local = threading.local()
         self.sent: list[RenderedEmail] = []
@@ -314,3 +326,18 @@ def test_threads_retrying_at_the_same_time_each_keep_their_own_count() -> None:
     outcomes = [(r.outcome, r.attempts) if r else None for r in results]
     assert outcomes == [(Outcome.SENT, 2)] * threads
     assert len(sender.sent) == threads
+
+
+def test_the_event_is_claimed_only_once_a_connection_is_held() -> None:
+    # Waiting for a free SMTP connection must not eat into the claim's lease: the claim comes
+    # after the reservation, and the send inside it.
+    sender = FakeSender()
+
+    class CheckingStore(FakeProcessedEvents):
+        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+            assert getattr(sender.holding, "value", False), "claimed without a connection"
+            return super().claim(event_id, token, lease_s)
+
+    result = _handler(sender, CheckingStore()).handle(_event())
+    assert result.outcome is Outcome.SENT
+    assert len(sender.sent) == 1

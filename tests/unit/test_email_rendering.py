@@ -205,3 +205,20 @@ def test_an_international_domain_is_written_in_ascii(renderer: WelcomeRenderer) 
     assert _wire(renderer, _event(email_address="zoe@bücher.example"))["To"].addresses[
         0
     ].addr_spec == ("zoe@xn--bcher-kva.example")
+
+
+def test_text_no_encoder_can_take_is_a_permanent_error_not_a_crash(
+    renderer: WelcomeRenderer,
+) -> None:
+    # The parser refuses lone surrogates; the renderer must not crash if one got through.
+    with pytest.raises(UndeliverableMessage):
+        renderer.render(_event(full_name="Zo\ud800"))
+
+
+def test_a_long_sender_domain_keeps_the_message_id_unencoded() -> None:
+    # Encoded-words are not allowed in a Message-ID: a long one stays as it is, on one line.
+    domain = "notifications.a-rather-long-company-name.example"
+    renderer = WelcomeRenderer(parse_mail_from(f"Example <welcome@{domain}>"))
+    data = renderer.render(_event()).data
+    assert f"\r\nMessage-ID: <{EVENT_ID}@{domain}>\r\n".encode() in data
+    assert b"=?" not in data.split(b"\r\n\r\n", 1)[0]

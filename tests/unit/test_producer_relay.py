@@ -19,7 +19,7 @@ from producer_service.ports import (
     PublishOutcome,
 )
 from producer_service.registration import RegisterUser
-from producer_service.relay import OutboxRelay, idle_pause_s
+from producer_service.relay import OutboxRelay, doubled, idle_pause_s
 from producer_service.settings import RelaySettings
 from producer_service.validation import ValidationError
 from shared.errors import TransientError
@@ -311,3 +311,10 @@ def test_an_idle_relay_polls_again_soon_then_slows_to_the_interval() -> None:
     assert max(pauses[:50]) < 0.01
     assert pauses == sorted(pauses)
     assert pauses[-1] == 1.0  # a long-idle relay polls at the configured interval
+
+
+def test_pauses_stay_capped_however_long_the_relay_waits() -> None:
+    # A relay idle for hours counts millions of empty passes; 2.0**n overflows past n=1023.
+    assert idle_pause_s(10**7, poll_interval_s=1.0) == 1.0
+    assert doubled(0.5, 10**7, 30.0) == 30.0
+    assert doubled(0.5, 2, 30.0) == 2.0

@@ -131,6 +131,10 @@ def test_wrong_top_level_fields_are_refused(change: dict[str, Any], reason: str)
         ("email", "Alice <alice@example.com>", "not an email"),
         ("email", "no-at-sign", "not an email"),
         ("user_id", "x", "UUID"),
+        # json.dumps writes it as the escape \\ud800, which json.loads turns back into a lone
+        # surrogate: no UTF-8 encoder (header, body, database) can take it.
+        ("full_name", "Zo\ud800", "surrogate"),
+        ("username", "\udfffbob", "surrogate"),
     ],
 )
 def test_user_fields_that_could_inject_are_refused(field: str, value: object, reason: str) -> None:
