@@ -25,11 +25,13 @@ __all__ = ["private_rabbit"]
 
 
 @pytest.fixture(scope="session")
-def broker_admin() -> BrokerAdmin:
+def broker_admin() -> Iterator[BrokerAdmin]:
     try:
-        return connect_test_broker()
+        admin = connect_test_broker()
     except BrokerUnreachable as error:
         pytest.fail(str(error), pytrace=False)
+    yield admin
+    admin.finish_deletions()
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def vhost(broker_admin: BrokerAdmin) -> Iterator[str]:
     name = new_vhost_name()
     broker_admin.add_vhost(name)
     yield name
-    broker_admin.delete_vhost(name)
+    broker_admin.delete_vhost_in_background(name)
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ class BrokerAdmin:
         self.base_url = base_url
         self._rabbitmqctl = rabbitmqctl
         self.user = urlsplit(base_url).username or "guest"
+        self._deleting: list[subprocess.Popen[bytes]] = []
 
     def ctl(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
@@ -67,6 +68,26 @@ class BrokerAdmin:
 
     def delete_vhost(self, vhost: str) -> None:
         self.ctl("delete_vhost", vhost, check=False)
+
+    def delete_vhost_in_background(self, vhost: str) -> None:
+        """Start deleting `vhost` and return: each rabbitmqctl call starts an Erlang VM (most of a
+        second), and no test waits for the vhost it is done with. `finish_deletions` waits."""
+        self._deleting.append(
+            subprocess.Popen(
+                [*self._rabbitmqctl, "delete_vhost", vhost],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self._deleting = [process for process in self._deleting if process.poll() is None]
+
+    def finish_deletions(self, timeout_s: float = 60.0) -> None:
+        for process in self._deleting:
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self._deleting.clear()
 
     def close_connections(self, vhost: str, reason: str = "closed by test") -> int:
         """Close every connection to `vhost`, as a broker restart would; returns the count."""
