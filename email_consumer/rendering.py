@@ -17,6 +17,7 @@ checks that). The templates are loaded once, when the renderer is built in the c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.errors import MessageError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
@@ -59,20 +60,14 @@ class WelcomeRenderer:
     def render(self, event: UserRegistered) -> RenderedEmail:
         """The email, or `UndeliverableMessage` when the address cannot be put in a header."""
         content = self._content(event)
-        if not mime_writer.is_plain_address(event.data.email):
-            return self._envelope(content, self._build(content))
-        try:
-            return self._envelope(content, self._write(content))
-        except (ValueError, UnicodeError) as error:
-            raise UndeliverableMessage(
-                f"cannot build the welcome email: {type(error).__name__}"
-            ) from None
+        plain = mime_writer.is_plain_address(event.data.email)
+        return self._envelope(content, _serialised(self._write if plain else self._build, content))
 
     def render_with_email_package(self, event: UserRegistered) -> RenderedEmail:
         """The same email, always built by the `email` package (what `render` is checked
         against; `render` uses it for the addresses `mime_writer` does not take)."""
         content = self._content(event)
-        return self._envelope(content, self._build(content))
+        return self._envelope(content, _serialised(self._build, content))
 
     def _content(self, event: UserRegistered) -> _Content:
         user = event.data
@@ -121,26 +116,31 @@ class WelcomeRenderer:
 
     def _build(self, content: _Content) -> bytes:
         message = EmailMessage(policy=self._policy)
-        try:
-            to = Address(display_name=content.to_name, addr_spec=content.to_address)
-            if to.addr_spec != content.to_address:
-                # The package had to quote the local part, so the header would not show the
-                # address the envelope uses. Such addresses are not worth the ambiguity.
-                raise ValueError("the address needs quoting")
-            message["To"] = to
-            message["From"] = self._mail_from
-            message["Subject"] = content.subject
-            message["Message-ID"] = content.message_id
-            message["X-Event-ID"] = content.event_id
-            message.set_content(content.text)
-            message.add_alternative(content.html, subtype="html")
-            # Serialising finds what the SMTP envelope cannot carry (say, a non-ASCII local
-            # part), so that fails here as a permanent error, not inside the SMTP adapter.
-            return message.as_bytes()
-        except (ValueError, TypeError, IndexError, UnicodeError, MessageError) as error:
-            raise UndeliverableMessage(
-                f"cannot build the welcome email: {type(error).__name__}"
-            ) from None
+        to = Address(display_name=content.to_name, addr_spec=content.to_address)
+        if to.addr_spec != content.to_address:
+            # The package had to quote the local part, so the header would not show the
+            # address the envelope uses. Such addresses are not worth the ambiguity.
+            raise ValueError("the address needs quoting")
+        message["To"] = to
+        message["From"] = self._mail_from
+        message["Subject"] = content.subject
+        message["Message-ID"] = content.message_id
+        message["X-Event-ID"] = content.event_id
+        message.set_content(content.text)
+        message.add_alternative(content.html, subtype="html")
+        # Serialising finds what the SMTP envelope cannot carry (say, a non-ASCII local part),
+        # so that fails here as a permanent error, not inside the SMTP adapter.
+        return message.as_bytes()
+
+
+def _serialised(write: Callable[[_Content], bytes], content: _Content) -> bytes:
+    """`write(content)`, with any refusal to encode a value as `UndeliverableMessage`."""
+    try:
+        return write(content)
+    except (ValueError, TypeError, IndexError, UnicodeError, MessageError) as error:
+        raise UndeliverableMessage(
+            f"cannot build the welcome email: {type(error).__name__}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
