@@ -1,4 +1,4 @@
-"""The outbox across a broker outage: registrations go on, and every event is published once."""
+"""The outbox across a broker outage: registrations go on, and every event is published."""
 
 from __future__ import annotations
 
@@ -24,17 +24,24 @@ from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.private_node, pytest.mark.postgres, pytest.mark.slow]
 REGISTRATIONS = 200
+# At 20 registrations/s a relay batch holds a few events; the cap keeps the bound below tight.
+BATCH_SIZE = 10
 
 
 def _published(database_url: str) -> int:
     return sum(row.published_at is not None for row in outbox_rows(database_url))
 
 
-def test_a_broker_stopped_during_200_registrations_loses_and_duplicates_nothing(
+def test_a_broker_stopped_during_200_registrations_loses_nothing(
     database_url: str, tmp_path: Path
 ) -> None:
     with RabbitNode() as node:
-        env = producer_env(node.amqp_url, database_url, RELAY_POLL_INTERVAL_S="0.1")
+        env = producer_env(
+            node.amqp_url,
+            database_url,
+            RELAY_POLL_INTERVAL_S="0.1",
+            RELAY_BATCH_SIZE=str(BATCH_SIZE),
+        )
         # Schema and topology in place before anything is watched.
         assert run_producer("relay", "--once", env=env).returncode == 0
         relay_log = tmp_path / "relay.log"
@@ -73,4 +80,10 @@ def test_a_broker_stopped_during_200_registrations_loses_and_duplicates_nothing(
         published = Counter(message_ids(drain_queue(node.amqp_url)))
     assert len(rows) == REGISTRATIONS
     assert set(published) == {row.event_id for row in rows}
-    assert [event_id for event_id, times in published.items() if times > 1] == []
+    # A broker that stops after storing a message but before its confirm reaches the relay leaves
+    # that event pending, so the relay publishes it again: at-least-once by nature, and the
+    # worker's processed-event record keeps it to one email. Only the batch in flight at the stop
+    # can be doubled; anything more would be the relay re-publishing confirmed events.
+    doubled = [event_id for event_id, times in published.items() if times > 1]
+    assert len(doubled) <= BATCH_SIZE, doubled
+    assert all(published[event_id] == 2 for event_id in doubled), published
