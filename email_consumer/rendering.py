@@ -76,7 +76,9 @@ class WelcomeRenderer:
         context = {"greeting_name": greeting_name, "username": user.username, "email": user.email}
         return _Content(
             event_id=event.event_id,
-            to_name=user.full_name or "",
+            # Mail readers drop white space at either end of a display name, and the email
+            # package does when it folds one: dropping it here keeps both ways of writing equal.
+            to_name=(user.full_name or "").strip(),
             to_address=address,
             subject=f"Welcome, {greeting_name}!",
             message_id=message_id_for(event.event_id, self._mail_from),

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from producer_service.after_commit import PublishAfterCommit
 from producer_service.publisher import ConfirmingPublisher
 from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay
 from producer_service.schema import upgrade
 from producer_service.settings import ProducerSettings
-from producer_service.simulate import Simulation
+from producer_service.simulate import PublishesAtCommit, Simulation
 from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
 from shared.amqp import connection_parameters, url_secrets
 from shared.database import create_database_engine, normalise_url
@@ -43,8 +44,22 @@ class Producer:
     def relay(self, stop: threading.Event | None = None) -> OutboxRelay:
         return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
 
-    def simulation(self, stop: threading.Event | None = None) -> Simulation:
-        return Simulation(self.register, self.outbox.count_published, stop=stop)
+    def publish_after_commit(self) -> PublishAfterCommit:
+        relay = self.settings.relay
+        return PublishAfterCommit(
+            self.outbox,
+            self.connect_publisher,
+            lease_s=relay.claim_lease_s,
+            confirm_timeout_s=relay.confirm_timeout_s,
+            batch_size=relay.batch_size,
+        )
+
+    def simulation(
+        self, stop: threading.Event | None = None, *, publish_now: PublishesAtCommit | None = None
+    ) -> Simulation:
+        return Simulation(
+            self.register, self.outbox.count_published, stop=stop, publish_now=publish_now
+        )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -120,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="register N synthetic users (load and demos)",
         description=(
-            "Register N synthetic users through the normal use case, then wait for a running "
-            "relay to publish their events, and print a summary."
+            "Register N synthetic users through the normal use case, publishing each event as "
+            "soon as it is committed (as register does; the relay publishes whatever that "
+            "misses), then wait until all are published, and print a summary."
         ),
     )
     simulate.add_argument("--count", type=positive_int, required=True, metavar="N")
     simulate.add_argument(
         "--rate", type=_positive_float, metavar="R", help="registrations per second (default: max)"
+    )
+    simulate.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="only store the events; leave every one to a running relay",
     )
     simulate.set_defaults(command=_simulate)
     return parser
@@ -208,8 +215,12 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
-    with terminal_progress(args.count) as progress:
-        summary = producer.simulation(stop).run(args.count, rate=args.rate, progress=progress)
+    with (
+        terminal_progress(args.count) as progress,
+        nullcontext(None) if args.relay_only else producer.publish_after_commit() as now,
+    ):
+        simulation = producer.simulation(stop, publish_now=now)
+        summary = simulation.run(args.count, rate=args.rate, progress=progress)
     print(
         f"registered {summary.registered} of {summary.requested} users in "
         f"{summary.register_s:.2f} s ({summary.register_rate:.0f}/s)"

@@ -56,9 +56,24 @@ class PublishOutcome:
     """True when the connection failed during the batch; the publisher must be replaced."""
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A publisher's hold on outbox rows: relays skip them until `until` (seconds since the
+    epoch), and only marks made under the same `token` touch them."""
+
+    token: str
+    until: float
+
+
 class RegistrationStore(Protocol):
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
-        """Store both in one transaction, returning the outbox id; `DuplicateUser` on conflict."""
+    def add_user_with_event(
+        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
+    ) -> int:
+        """Store both in one transaction, returning the outbox id; `DuplicateUser` on conflict.
+
+        With a claim, the event is stored already claimed by its caller, who means to publish
+        it at once: no relay races for it, and no second transaction is needed to claim it.
+        """
 
 
 class ClaimedBatch(Protocol):
@@ -79,6 +94,12 @@ class OutboxStore(Protocol):
         its publisher lives; a claim whose publisher died expires after a lease. No lock is held
         inside the block. The marks are written when the block exits without an error.
         """
+
+    def claimed(
+        self, messages: Sequence[OutboxMessage], token: str
+    ) -> AbstractContextManager[ClaimedBatch]:
+        """Events this process claimed under `token` when it stored them, as a claimed batch:
+        the marks are written when the block exits, and unmarked events are released."""
 
     def delete_published_before(self, cutoff: datetime) -> int: ...
 

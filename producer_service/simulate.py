@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from producer_service.ports import Claim, OutboxMessage
 from producer_service.registration import RegisterUser
 
 # How long the simulation keeps waiting for the relay once the published count stops growing.
@@ -20,6 +21,14 @@ class SimulationProgress(Protocol):
     def registered(self, done: int) -> None: ...
 
     def published(self, done: int) -> None: ...
+
+
+class PublishesAtCommit(Protocol):
+    """Publishes each event right after its registration commits (see after_commit.py)."""
+
+    def claim(self) -> Claim | None: ...
+
+    def submit(self, message: OutboxMessage, claim: Claim) -> None: ...
 
 
 class NoProgress:
@@ -49,7 +58,7 @@ class SimulationSummary:
 
 
 class Simulation:
-    """Registers `count` synthetic users, then waits for the relay to publish their events."""
+    """Registers `count` synthetic users, then waits until their events are published."""
 
     def __init__(
         self,
@@ -59,8 +68,10 @@ class Simulation:
         stop: threading.Event | None = None,
         settle_s: float = DEFAULT_SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
+        publish_now: PublishesAtCommit | None = None,
     ) -> None:
         self._register = register
+        self._publish_now = publish_now
         self._count_published = count_published
         self._stop = stop or threading.Event()
         self._settle_s = settle_s
@@ -80,10 +91,13 @@ class Simulation:
                 self._stop.wait(max(0.0, started + number / rate - self._clock()))
             # Unique per run, so repeated simulations against one database never conflict.
             username = f"sim{run_id}_{number}"
+            claim = None if self._publish_now is None else self._publish_now.claim()
             registration = self._register(
-                username, f"{username}@example.com", f"Simulated User {number}"
+                username, f"{username}@example.com", f"Simulated User {number}", claim=claim
             )
             event_ids.append(registration.event_id)
+            if self._publish_now is not None and claim is not None:
+                self._publish_now.submit(registration.message, claim)
             progress.registered(len(event_ids))
         register_s = self._clock() - started
         published, last_progress = self._await_publication(event_ids, progress)

@@ -15,7 +15,13 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from producer_service.ports import DatabaseUnavailable, DuplicateUser, NewUser, OutboxMessage
+from producer_service.ports import (
+    Claim,
+    DatabaseUnavailable,
+    DuplicateUser,
+    NewUser,
+    OutboxMessage,
+)
 from producer_service.schema import outbox, users
 from producer_service.validation import email_key, username_key
 from shared.database import is_sqlite
@@ -33,15 +39,17 @@ class SqlRegistrationStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+    def add_user_with_event(
+        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
+    ) -> int:
         # The unique constraints decide, races included; only then does a look-up find out
         # which of the two keys was taken, to name it in the message.
         try:
             with self._engine.begin() as connection:
                 # Parameters passed apart from the statement keep its compiled form cached.
-                connection.execute(users.insert(), _user_row(user))
+                connection.execute(_INSERT_USER, _user_row(user))
                 outbox_id = connection.execute(
-                    outbox.insert().returning(outbox.c.id), _outbox_row(message)
+                    _INSERT_EVENT, _outbox_row(message, claim)
                 ).scalar_one()
                 return int(outbox_id)
         except sa.exc.IntegrityError:
@@ -85,27 +93,18 @@ class _SqlClaimedBatch:
     def write(self, connection: Connection) -> None:
         # Each statement touches only rows still claimed under our token: if our lease ran out
         # and another publisher took a row over, its claim and its marks are left alone.
-        ours = outbox.c.claim_token == self._token
         now = datetime.now(UTC)
         for ids in _slices(self._published):
             connection.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(ids), ours)
-                .values(
-                    published_at=now,
-                    attempts=outbox.c.attempts + 1,
-                    last_error=None,
-                    **_NO_CLAIM,
-                )
+                _MARK_PUBLISHED, {"row_ids": ids, "token": self._token, "published": now}
             )
         if self._failed:
             connection.execute(
-                outbox.update()
-                .where(outbox.c.id == sa.bindparam("row_id"), ours)
-                .values(
-                    attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error"), **_NO_CLAIM
-                ),
-                [{"row_id": row_id, "error": error} for row_id, error in self._failed.items()],
+                _MARK_FAILED,
+                [
+                    {"row_id": row_id, "token": self._token, "error": error}
+                    for row_id, error in self._failed.items()
+                ],
             )
         marked = {*self._published, *self._failed}
         self.release(connection, [row_id for row_id in self._ids.values() if row_id not in marked])
@@ -113,11 +112,7 @@ class _SqlClaimedBatch:
     def release(self, connection: Connection, ids: Sequence[int] | None = None) -> None:
         """Give up the claim on `ids` (default: the whole batch) without marking them."""
         for chunk in _slices(list(self._ids.values()) if ids is None else ids):
-            connection.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(chunk), outbox.c.claim_token == self._token)
-                .values(**_NO_CLAIM)
-            )
+            connection.execute(_RELEASE, {"row_ids": chunk, "token": self._token})
 
 
 class SqlOutboxStore:
@@ -139,6 +134,9 @@ class SqlOutboxStore:
         self._engine = engine
         self._sqlite = is_sqlite(engine)
         self._lease_s = lease_s
+        skip_locked = not self._sqlite
+        self._claim_next = _claim_statement(by_event_id=False, skip_locked=skip_locked)
+        self._claim_named = _claim_statement(by_event_id=True, skip_locked=skip_locked)
         # Wall-clock time: leases are compared across processes (and hosts, on PostgreSQL).
         self._clock = clock
 
@@ -147,10 +145,15 @@ class SqlOutboxStore:
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
     ) -> Iterator[_SqlClaimedBatch]:
         token = uuid.uuid4().hex
-        batch = _SqlClaimedBatch(
-            self._in_transaction(lambda c: self._claim(c, token, after_id, limit, event_ids)),
-            token,
+        messages = self._in_transaction(
+            lambda connection: self._claim(connection, token, after_id, limit, event_ids)
         )
+        with self.claimed(messages, token) as batch:
+            yield batch
+
+    @contextmanager
+    def claimed(self, messages: Sequence[OutboxMessage], token: str) -> Iterator[_SqlClaimedBatch]:
+        batch = _SqlClaimedBatch(messages, token)
         try:
             yield batch
         except BaseException:
@@ -168,36 +171,20 @@ class SqlOutboxStore:
         event_ids: Sequence[str] | None,
     ) -> list[OutboxMessage]:
         now = self._clock()
-        pending = (
-            sa.select(outbox.c.id)
-            .where(
-                outbox.c.published_at.is_(None),
-                outbox.c.id > after_id,
-                sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-            )
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
-        if event_ids is not None:
-            pending = pending.where(outbox.c.event_id.in_(event_ids))
-        if not self._sqlite:
-            # Two relays claiming at once: each skips the rows the other is claiming, instead of
-            # waiting for them and then finding them claimed. SQLite's BEGIN IMMEDIATE already
-            # runs claims one at a time.
-            pending = pending.with_for_update(skip_locked=True)
-        # One statement picks, claims and returns the rows (RETURNING: SQLite 3.35+, any
-        # PostgreSQL); a SELECT and then an UPDATE naming each id cost half as much again. The
-        # pick is a CTE, not a subquery: PostgreSQL may run a locking subquery once per row it
-        # joins (claiming more than `limit` rows), but evaluates a FOR UPDATE CTE exactly once.
-        picked = pending.cte("picked")
-        claim = (
-            outbox.update()
-            .where(outbox.c.id.in_(sa.select(picked.c.id)))
-            .values(claim_token=token, claimed_until=now + self._lease_s)
-            .returning(*_MESSAGE_COLUMNS)
-        )
+        parameters: dict[str, Any] = {
+            "after_id": after_id,
+            "now": now,
+            "limit": limit,
+            "token": token,
+            "lease_until": now + self._lease_s,
+        }
+        if event_ids is None:
+            claim = self._claim_next
+        else:
+            claim = self._claim_named
+            parameters["event_ids"] = list(event_ids)
         # RETURNING keeps no order; the relay publishes in id order.
-        return sorted((_message(row) for row in connection.execute(claim)), key=_by_id)
+        return sorted((_message(row) for row in connection.execute(claim, parameters)), key=_by_id)
 
     def _release_after_error(self, batch: _SqlClaimedBatch) -> None:
         # The lease would free the rows anyway; releasing them now lets the next pass retry them
@@ -226,6 +213,66 @@ class SqlOutboxStore:
                     .where(outbox.c.event_id.in_(ids), outbox.c.published_at.is_not(None))
                 ).scalar_one()
         return total
+
+
+# ---- statements ------------------------------------------------------------------------------
+# Built once, with every value a bound parameter: building a statement and computing its cache
+# key on each call cost SQLAlchemy several times what SQLite spends running it.
+
+_INSERT_USER: Final = users.insert()
+_INSERT_EVENT: Final = outbox.insert().returning(outbox.c.id)
+_CLAIMED_BY_US: Final = outbox.c.claim_token == sa.bindparam("token")
+_ROW_IDS: Final = outbox.c.id.in_(sa.bindparam("row_ids", expanding=True))
+_MARK_PUBLISHED: Final = (
+    outbox.update()
+    .where(_ROW_IDS, _CLAIMED_BY_US)
+    .values(
+        published_at=sa.bindparam("published"),
+        attempts=outbox.c.attempts + 1,
+        last_error=None,
+        **_NO_CLAIM,
+    )
+)
+_MARK_FAILED: Final = (
+    outbox.update()
+    .where(outbox.c.id == sa.bindparam("row_id"), _CLAIMED_BY_US)
+    .values(attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error"), **_NO_CLAIM)
+)
+_RELEASE: Final = outbox.update().where(_ROW_IDS, _CLAIMED_BY_US).values(**_NO_CLAIM)
+
+
+def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
+    """Pick, claim and return up to `limit` pending rows after `after_id`, in one statement.
+
+    RETURNING (SQLite 3.35+, any PostgreSQL): a SELECT and then an UPDATE naming each id cost
+    half as much again. The pick is a CTE, not a subquery: PostgreSQL may run a locking subquery
+    once per row it joins (claiming more than `limit` rows), but evaluates a FOR UPDATE CTE
+    exactly once.
+    """
+    pending = (
+        sa.select(outbox.c.id)
+        .where(
+            outbox.c.published_at.is_(None),
+            outbox.c.id > sa.bindparam("after_id"),
+            sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < sa.bindparam("now")),
+        )
+        .order_by(outbox.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    if by_event_id:
+        pending = pending.where(outbox.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
+    if skip_locked:
+        # Two relays claiming at once: each skips the rows the other is claiming, instead of
+        # waiting for them and then finding them claimed. SQLite's BEGIN IMMEDIATE already
+        # runs claims one at a time.
+        pending = pending.with_for_update(skip_locked=True)
+    picked = pending.cte("picked")
+    return (
+        outbox.update()
+        .where(outbox.c.id.in_(sa.select(picked.c.id)))
+        .values(claim_token=sa.bindparam("token"), claimed_until=sa.bindparam("lease_until"))
+        .returning(*_MESSAGE_COLUMNS)
+    )
 
 
 @contextmanager
@@ -261,7 +308,7 @@ def _user_row(user: NewUser) -> dict[str, Any]:
     }
 
 
-def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
+def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
     return {
         "event_id": message.event_id,
         "event_type": message.event_type,
@@ -270,6 +317,8 @@ def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
         "headers": json.dumps(dict(message.headers), separators=(",", ":")),
         "correlation_id": message.correlation_id,
         "created_at": message.created_at,
+        "claim_token": None if claim is None else claim.token,
+        "claimed_until": None if claim is None else claim.until,
     }
 
 

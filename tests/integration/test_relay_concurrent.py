@@ -29,7 +29,9 @@ def test_two_relays_publish_5000_events_with_none_published_twice(
     env = producer_env(amqp_url, database_url, RELAY_BATCH_SIZE="50", RELAY_POLL_INTERVAL_S="0.05")
     relays = [start_producer("relay", env=env) for _ in range(2)]
     try:
-        simulation = run_producer("simulate", "--count", str(EVENTS), env=env, timeout_s=280)
+        simulation = run_producer(
+            "simulate", "--count", str(EVENTS), "--relay-only", env=env, timeout_s=280
+        )
     finally:
         for relay in relays:
             relay.send_signal(signal.SIGTERM)

@@ -75,12 +75,9 @@ def start_producer(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 def closed_port_url() -> str:
     """An AMQP URL where nothing listens: the broker is 'down'."""
-    import socket
+    from tests.support.ports import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    return f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,8 @@ def read_table(database_url: str, query: str) -> list[sa.Row[Any]]:
 def outbox_rows(database_url: str) -> list[sa.Row[Any]]:
     return read_table(
         database_url,
-        "SELECT id, event_id, published_at, attempts, last_error FROM outbox ORDER BY id",
+        "SELECT id, event_id, published_at, attempts, last_error, claim_token FROM outbox "
+        "ORDER BY id",
     )
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from producer_service.ports import (
+    Claim,
     DatabaseUnavailable,
     DuplicateUser,
     NewUser,
@@ -24,114 +23,9 @@ from producer_service.settings import RelaySettings
 from producer_service.validation import ValidationError
 from shared.errors import TransientError
 from shared.events import parse_user_registered
+from tests.support.producer_fakes import FakeBatch, FakeOutbox, FakePublisher
 
 SETTINGS = RelaySettings(batch_size=3, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
-
-
-@dataclass
-class FakeRow:
-    message: OutboxMessage
-    published_at: datetime | None = None
-    attempts: int = 0
-    last_error: str | None = None
-
-
-@dataclass
-class FakeBatch:
-    messages: Sequence[OutboxMessage]
-    published: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def mark_published(self, event_ids: Sequence[str]) -> None:
-        self.published.extend(event_ids)
-
-    def mark_failed(self, failures: Mapping[str, str]) -> None:
-        self.failed.update(failures)
-
-
-class FakeOutbox:
-    def __init__(self, count: int) -> None:
-        self.rows = [FakeRow(_message(number)) for number in range(1, count + 1)]
-        self.deleted_before: list[datetime] = []
-
-    @contextmanager
-    def claim_pending(
-        self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
-    ) -> Iterator[FakeBatch]:
-        pending = [
-            row.message
-            for row in self.rows
-            if row.published_at is None
-            and row.message.id > after_id
-            and (event_ids is None or row.message.event_id in event_ids)
-        ]
-        batch = FakeBatch(pending[:limit])
-        yield batch
-        # Like the real store: the marks are written only when the block ends normally.
-        by_id = {row.message.event_id: row for row in self.rows}
-        for event_id in batch.published:
-            by_id[event_id].published_at = datetime.now(UTC)
-        for event_id, error in batch.failed.items():
-            by_id[event_id].attempts += 1
-            by_id[event_id].last_error = error
-
-    def delete_published_before(self, cutoff: datetime) -> int:
-        self.deleted_before.append(cutoff)
-        return 0
-
-    def count_published(self, event_ids: Sequence[str]) -> int:
-        return sum(1 for row in self.rows if row.published_at and row.message.event_id in event_ids)
-
-    def pending(self) -> list[int]:
-        return [row.message.id for row in self.rows if row.published_at is None]
-
-
-class FakePublisher:
-    def __init__(
-        self, *, unroutable: set[int] | None = None, lose_connection_after: int | None = None
-    ) -> None:
-        self.unroutable = unroutable or set()
-        self.lose_connection_after = lose_connection_after
-        self.sent: list[int] = []
-        self.is_open = True
-        self.on_publish: list[threading.Event] = []
-
-    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        published, failed = set(), {}
-        for message in messages:
-            if (
-                self.lose_connection_after is not None
-                and len(self.sent) >= self.lose_connection_after
-            ):
-                failed[message.event_id] = "connection lost"
-                self.is_open = False
-                continue
-            self.sent.append(message.id)
-            if message.id in self.unroutable:
-                failed[message.event_id] = "returned by the broker: 312 NO_ROUTE"
-            else:
-                published.add(message.event_id)
-        for event in self.on_publish:
-            event.set()
-        return PublishOutcome(frozenset(published), failed, connection_lost=not self.is_open)
-
-    def idle(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def close(self) -> None:
-        self.is_open = False
-
-
-def _message(number: int) -> OutboxMessage:
-    return OutboxMessage(
-        id=number,
-        event_id=f"event-{number}",
-        event_type="user_registered",
-        routing_key="user.registered",
-        body=b"{}",
-        correlation_id=f"correlation-{number}",
-        created_at=datetime.now(UTC),
-    )
 
 
 def test_pending_events_are_published_in_id_order_in_batches_and_marked() -> None:
@@ -238,11 +132,15 @@ class FakeRegistrationStore:
     def __init__(self, *, duplicate: bool = False) -> None:
         self.duplicate = duplicate
         self.stored: list[tuple[NewUser, OutboxMessage]] = []
+        self.claims: list[Claim | None] = []
 
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+    def add_user_with_event(
+        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
+    ) -> int:
         if self.duplicate:
             raise DuplicateUser(f"username {user.username!r} is already registered")
         self.stored.append((user, message))
+        self.claims.append(claim)
         return len(self.stored)
 
 
