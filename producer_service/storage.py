@@ -309,7 +309,7 @@ def _user_row(user: NewUser) -> dict[str, Any]:
 
 
 def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
-    return {
+    row = {
         "event_id": message.event_id,
         "event_type": message.event_type,
         "routing_key": message.routing_key,
@@ -317,9 +317,11 @@ def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
         "headers": json.dumps(dict(message.headers), separators=(",", ":")),
         "correlation_id": message.correlation_id,
         "created_at": message.created_at,
-        "claim_token": None if claim is None else claim.token,
-        "claimed_until": None if claim is None else claim.until,
     }
+    if claim is not None:  # unclaimed rows leave the columns to their default (NULL)
+        row["claim_token"] = claim.token
+        row["claimed_until"] = claim.until
+    return row
 
 
 _MESSAGE_COLUMNS: Final = (
