@@ -17,6 +17,7 @@ broker again every `reconnect_after_s`.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -56,7 +57,9 @@ _Handed = tuple[OutboxMessage, Claim] | _Close
 
 class PublishAfterCommit:
     """Use as a context manager around the registrations; leaving it publishes what was handed
-    over (within `close_timeout_s`), writes the marks and closes the connection."""
+    over (within `close_timeout_s`), writes the marks and closes the connection. After `stop`
+    is set (SIGTERM), whatever is still queued is released to the relay instead.
+    """
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class PublishAfterCommit:
         mark_every_s: float = DEFAULT_MARK_EVERY_S,
         reconnect_after_s: float = DEFAULT_RECONNECT_AFTER_S,
         close_timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -80,6 +84,8 @@ class PublishAfterCommit:
         self._mark_every_s = mark_every_s
         self._reconnect_after_s = reconnect_after_s
         self._close_timeout_s = close_timeout_s
+        # Once set (SIGTERM), nothing more is published: what is queued goes to the relay.
+        self._stop = stop or threading.Event()
         self._wall_clock = wall_clock
         self._clock = clock
         self._token = uuid.uuid4().hex
@@ -93,6 +99,7 @@ class PublishAfterCommit:
         self._published: list[str] = []
         self._failed: dict[str, str] = {}
         self._marks_due_at: float | None = None
+        self._in_hand: list[OutboxMessage] = []
         self._thread = threading.Thread(target=self._run, name="publish-after-commit", daemon=True)
         self.published = 0
         """Events this thread saw confirmed and marked."""
@@ -109,7 +116,11 @@ class PublishAfterCommit:
     ) -> None:
         self._handed_over.put(_CLOSE)
         self._thread.join(self._close_timeout_s)
-        if self._thread.is_alive():
+        if not self._thread.is_alive():
+            # Anything handed over after the thread stopped (it failed, or saw the stop first)
+            # goes to the relay now rather than after its lease.
+            self._finish()
+        else:
             _log.warning(
                 "publishing at commit did not finish in time; the relay publishes the rest "
                 "once their leases run out",
@@ -133,25 +144,47 @@ class PublishAfterCommit:
 
     def _run(self) -> None:
         try:
-            closing = False
-            while not closing:
-                batch, closing = self._next_batch()
-                if batch:
-                    self._publish(batch)
-                elif self._publisher is not None and self._publisher.is_open:
-                    self._publisher.idle(0.0)  # heartbeats
-                elif self._paused and self._clock() >= self._next_connect_at:
-                    # Nothing is handed over while paused: try the broker again on our own.
-                    self._open_publisher()
-                if closing or len(self._settled) >= self._batch_size or self._marks_due():
-                    self._write_marks()
+            self._serve()
         except Exception as error:  # noqa: BLE001 - the events are safe in the outbox
             self._paused = True  # from now on every event is stored for the relay
             # The type only: the message of an unexpected error could hold a user's data.
             _log.error("publishing at commit stopped", error_type=type(error).__name__)
         finally:
-            if self._publisher is not None:
-                self._publisher.close()
+            self._finish()
+
+    def _serve(self) -> None:
+        closing = False
+        while not closing and not self._stop.is_set():
+            batch, closing = self._next_batch()
+            if batch:
+                self._in_hand = [message for message, _claim in batch]
+                self._publish(batch)
+                self._in_hand = []
+            elif self._publisher is not None and self._publisher.is_open:
+                self._publisher.idle(0.0)  # heartbeats
+            elif self._paused and self._clock() >= self._next_connect_at:
+                # Nothing is handed over while paused: try the broker again on our own.
+                self._open_publisher()
+            if len(self._settled) >= self._batch_size or self._marks_due():
+                self._write_marks()
+
+    def _finish(self) -> None:
+        """Write the marks owed, and hand what is still queued to the relay (after a stop or a
+        failure), each as best it can: the leases cover whatever this cannot do."""
+        with contextlib.suppress(Exception):
+            self._write_marks()
+        # A batch in hand when something failed is released too: rows already marked are no
+        # longer claimed under our token, so releasing them again changes nothing.
+        left = self._in_hand
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._handed_over.get_nowait()
+                if not isinstance(item, _Close):
+                    left.append(item[0])
+        with contextlib.suppress(Exception):
+            self._release(left)
+        if self._publisher is not None:
+            self._publisher.close()
 
     def _next_batch(self) -> tuple[list[tuple[OutboxMessage, Claim]], bool]:
         """What was handed over (at most a batch), after waiting a while for the first."""
@@ -178,16 +211,24 @@ class PublishAfterCommit:
                 return batch, False
 
     def _publish(self, batch: Sequence[tuple[OutboxMessage, Claim]]) -> None:
-        # Publish and mark within the lease, or not at all: an event whose lease could run out
-        # before its mark is written might meanwhile be published by a relay too.
-        latest_start = self._wall_clock() + self._confirm_timeout_s + _LEASE_MARGIN_S
-        messages = [message for message, claim in batch if claim.until > latest_start]
-        too_late = [message for message, claim in batch if claim.until <= latest_start]
-        publisher = self._open_publisher() if messages else None
+        publisher = self._open_publisher()
         if publisher is None:
-            self._release([*messages, *too_late])
+            self._release([message for message, _claim in batch])
             return
-        self._release(too_late)
+        # Publish and mark within the lease, or not at all: an event whose lease could run out
+        # before its mark is written might meanwhile be published by a relay too. Checked after
+        # connecting (which can take seconds), just before publishing.
+        fresh = list(batch)
+        while True:  # releasing can wait for a lock, so look again after each release
+            latest_start = self._wall_clock() + self._confirm_timeout_s + _LEASE_MARGIN_S
+            late = [message for message, claim in fresh if claim.until <= latest_start]
+            if not late:
+                break
+            self._release(late)
+            fresh = [(message, claim) for message, claim in fresh if claim.until > latest_start]
+        messages = [message for message, _claim in fresh]
+        if not messages:
+            return
         outcome = publisher.publish(messages)
         if not publisher.is_open:
             self._lose_publisher()

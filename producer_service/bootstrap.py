@@ -44,7 +44,7 @@ class Producer:
     def relay(self, stop: threading.Event | None = None) -> OutboxRelay:
         return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
 
-    def publish_after_commit(self) -> PublishAfterCommit:
+    def publish_after_commit(self, stop: threading.Event | None = None) -> PublishAfterCommit:
         relay = self.settings.relay
         return PublishAfterCommit(
             self.outbox,
@@ -52,6 +52,7 @@ class Producer:
             lease_s=relay.claim_lease_s,
             confirm_timeout_s=relay.confirm_timeout_s,
             batch_size=relay.batch_size,
+            stop=stop,
         )
 
     def simulation(

@@ -217,7 +217,7 @@ def _simulate(producer: Producer, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     with (
         terminal_progress(args.count) as progress,
-        nullcontext(None) if args.relay_only else producer.publish_after_commit() as now,
+        nullcontext(None) if args.relay_only else producer.publish_after_commit(stop) as now,
     ):
         simulation = producer.simulation(stop, publish_now=now)
         summary = simulation.run(args.count, rate=args.rate, progress=progress)

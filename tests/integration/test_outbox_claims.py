@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from producer_service.bootstrap import Producer, bootstrap
-from producer_service.ports import OutboxMessage, PublishOutcome
+from producer_service.ports import Claim, OutboxMessage, PublishOutcome
 from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay
 from producer_service.schema import COMPONENT, MIGRATIONS, outbox, upgrade
@@ -213,3 +213,51 @@ def test_a_database_from_before_the_claims_is_upgraded_and_its_pending_rows_publ
         assert upgrade(engine) == len(MIGRATIONS) == 2
     finally:
         engine.dispose()
+
+
+def test_an_event_stored_claimed_is_the_relays_only_once_its_lease_has_run_out(
+    engine: sa.Engine,
+) -> None:
+    # What `simulate` does: the registration stores its event already claimed by its publisher.
+    register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
+    clock = [time.time()]
+    store = SqlOutboxStore(engine, lease_s=HOUR_S, clock=lambda: clock[0])
+    live = Claim("publisher-at-commit", clock[0] + 60)
+    held = register("alice", "alice@example.com", claim=live)
+    free = register("bob", "bob@example.com")
+
+    with store.claim_pending(after_id=0, limit=10) as batch:
+        assert _ids(batch.messages) == [free.event_id]
+        batch.mark_published([free.event_id])
+
+    clock[0] += 61  # the claimant died: its lease runs out
+    with store.claim_pending(after_id=0, limit=10) as batch:
+        assert _ids(batch.messages) == [held.event_id]
+
+
+def test_marks_under_a_claim_made_at_insert_publish_and_release_only_that_claims_rows(
+    engine: sa.Engine, database_url: str
+) -> None:
+    register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
+    store = SqlOutboxStore(engine, lease_s=HOUR_S)
+    ours = Claim("ours", time.time() + 60)
+    published, released = (
+        register(name, f"{name}@example.com", claim=ours) for name in ("alice", "bob")
+    )
+    theirs = register("carol", "carol@example.com", claim=Claim("theirs", time.time() + 60))
+
+    with store.claimed([published.message, released.message, theirs.message], "ours") as batch:
+        batch.mark_published([published.event_id, theirs.event_id])
+
+    rows = {row.event_id: row for row in outbox_rows(database_url)}
+    assert rows[published.event_id].published_at is not None
+    assert rows[published.event_id].claim_token is None
+    assert (rows[released.event_id].published_at, rows[released.event_id].claim_token) == (
+        None,
+        None,
+    )
+    # Another claimant's row is left exactly as it was, whatever this batch says about it.
+    assert (rows[theirs.event_id].published_at, rows[theirs.event_id].claim_token) == (
+        None,
+        "theirs",
+    )

@@ -18,10 +18,11 @@ from tests.support.producer import (
     run_producer,
 )
 
-pytestmark = [pytest.mark.broker, pytest.mark.postgres]
+pytestmark = [pytest.mark.broker]
 EVENTS = 60
 
 
+@pytest.mark.postgres
 def test_simulate_publishes_every_event_itself_with_no_relay_running(
     amqp_url: str, database_url: str
 ) -> None:
@@ -38,6 +39,7 @@ def test_simulate_publishes_every_event_itself_with_no_relay_running(
     assert published == Counter({row.event_id: 1 for row in rows})
 
 
+@pytest.mark.slow
 def test_with_the_broker_down_simulate_leaves_every_event_to_the_relay_at_once(
     amqp_url: str, tmp_path: Path
 ) -> None:

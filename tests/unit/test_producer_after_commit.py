@@ -3,6 +3,7 @@ everything it cannot publish handed to the relay at once. In-memory fakes for st
 
 from __future__ import annotations
 
+import threading
 import time
 
 from producer_service.after_commit import PublishAfterCommit
@@ -54,16 +55,6 @@ def test_handed_over_events_are_published_in_order_and_marked() -> None:
     assert outbox.pending() == []
     assert outbox.claimed_ids() == []
     assert now.published == 7
-
-
-def test_a_relay_skips_events_stored_under_a_live_claim() -> None:
-    outbox = FakeOutbox()
-    now = _after_commit(outbox, FakePublisher)  # never started: holds its claims
-
-    _store_and_submit(outbox, now, 1)
-
-    with outbox.claim_pending(after_id=0, limit=10) as batch:
-        assert batch.messages == []
 
 
 def test_marks_are_written_in_batches_not_once_per_event() -> None:
@@ -118,16 +109,52 @@ def test_publishing_resumes_once_the_broker_is_back() -> None:
         connects.append(FakePublisher(lose_connection_after=0 if not connects else None))
         return connects[-1]
 
-    with _after_commit(outbox, connect, reconnect_after_s=0.6) as now:
+    with _after_commit(outbox, connect, reconnect_after_s=0.05) as now:
         _store_and_submit(outbox, now, 1)
-        wait_until(lambda: now.claim() is None, timeout_s=5, what="publishing to pause")
         # Nothing is handed over while paused; the thread tries the broker again by itself.
+        wait_until(lambda: len(connects) == 2, timeout_s=5, what="a second connection")
         wait_until(lambda: now.claim() is not None, timeout_s=5, what="publishing to resume")
         _store_and_submit(outbox, now, 2)
 
-    assert len(connects) == 2
     assert connects[1].sent == [2]
     assert outbox.pending() == [1]  # failed at commit: the relay's
+
+
+def test_after_a_stop_what_is_still_queued_goes_to_the_relay_unpublished() -> None:
+    outbox, publisher, stop = FakeOutbox(), FakePublisher(), threading.Event()
+    now = PublishAfterCommit(
+        outbox, lambda: publisher, lease_s=LEASE_S, confirm_timeout_s=1, batch_size=10, stop=stop
+    )
+    for number in (1, 2, 3):
+        _store_and_submit(outbox, now, number)
+    stop.set()  # SIGTERM before the thread got to them
+
+    with now:
+        pass
+
+    assert publisher.sent == []
+    assert outbox.pending() == [1, 2, 3]
+    assert outbox.claimed_ids() == []
+
+
+def test_if_the_thread_fails_its_events_go_to_the_relay_and_later_ones_are_stored_unclaimed() -> (
+    None
+):
+    outbox = FakeOutbox()
+
+    def broken() -> FakePublisher:
+        raise RuntimeError("a bug, not an outage")
+
+    now = _after_commit(outbox, broken)
+    taken_early = now.claim()  # by a registration that commits only after the thread died
+    assert taken_early is not None
+    with now:
+        _store_and_submit(outbox, now, 1)
+        wait_until(lambda: now.claim() is None, timeout_s=5, what="publishing to stop")
+        now.submit(outbox.add(fake_message(2), taken_early), taken_early)
+
+    assert outbox.pending() == [1, 2]
+    assert outbox.claimed_ids() == []
 
 
 def test_an_event_whose_lease_is_nearly_over_is_released_unpublished() -> None:
