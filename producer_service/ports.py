@@ -106,12 +106,26 @@ class OutboxStore(Protocol):
     def count_published(self, event_ids: Sequence[str]) -> int: ...
 
 
+class PublishInFlight(Protocol):
+    """A batch written to the broker by `EventPublisher.start`, its confirms still awaited."""
+
+    @property
+    def messages(self) -> Sequence[OutboxMessage]: ...
+
+
 class EventPublisher(Protocol):
     @property
     def is_open(self) -> bool: ...
 
     def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
         """Publish all at once and wait for every confirm; unconfirmed ones count as failed."""
+
+    def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
+        """Write the batch to the broker without waiting; `finish` waits for its confirms."""
+
+    def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
+        """Wait for the confirms of a batch from `start`, as `publish` does. Batches started
+        later may stay in flight; if the connection fails, they fail with this one."""
 
     def idle(self, seconds: float) -> None:
         """Wait, keeping the connection alive (heartbeats) meanwhile."""

@@ -6,6 +6,10 @@ is written at once, then the I/O loop runs until the broker has acknowledged eve
 (`multiple=True` acks settle many at a time). Messages are published with `mandatory=True`; a
 message the broker cannot route comes back as `basic.return` *before* its ack, so returns are
 remembered by `message_id` and the following ack is not counted as a success.
+
+`start` writes a batch and `finish` waits for its confirms, so a caller may write the next batch
+before waiting for the previous one (the relay keeps two on the wire). Each delivery tag knows its
+batch; when the connection fails, every batch still waiting fails with it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pika
 import pika.exceptions
 import pika.spec
 
-from producer_service.ports import OutboxMessage, PublishOutcome
+from producer_service.ports import OutboxMessage, PublishInFlight, PublishOutcome
 from shared.amqp import BrokerUnavailable, connection_parameters, mask_url, open_connection
 from shared.logging import get_logger
 from shared.settings import BrokerSettings
@@ -45,6 +49,19 @@ def declare_producer_topology(settings: BrokerSettings) -> None:
             connection.close()
 
 
+class _Batch:
+    """One `start`ed batch: what its confirms said so far, and how many are still due."""
+
+    __slots__ = ("connection_lost", "due", "failed", "messages", "published")
+
+    def __init__(self, messages: Sequence[OutboxMessage]) -> None:
+        self.messages = messages
+        self.due = 0
+        self.published: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.connection_lost = False
+
+
 class ConfirmingPublisher:
     """One connection and channel in confirm mode, used from one thread."""
 
@@ -58,11 +75,11 @@ class ConfirmingPublisher:
         self._failure: str | None = None
         self._stop_when: Callable[[], bool] | None = None
         self._next_tag = 0
-        # Delivery tag -> event id of every publish not yet acked or nacked, oldest first.
-        self._unconfirmed: OrderedDict[int, str] = OrderedDict()
+        # Delivery tag -> (its batch, event id) of every publish not yet acked or nacked, oldest
+        # first.
+        self._unconfirmed: OrderedDict[int, tuple[_Batch, str]] = OrderedDict()
+        # Event id -> why the broker returned it; read when its ack (or nack) arrives.
         self._returned: dict[str, str] = {}
-        self._published: set[str] = set()
-        self._failed: dict[str, str] = {}
 
     @classmethod
     def connect(
@@ -80,14 +97,20 @@ class ConfirmingPublisher:
         return bool(self._ready and self._failure is None and self._channel.is_open)
 
     def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        self._published, self._failed, self._returned = set(), {}, {}
+        return self.finish(self.start(messages))
+
+    def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
+        batch = _Batch(messages)
         if not self.is_open:
             reason = f"not connected: {self._failure or 'closed'}"
-            return PublishOutcome(frozenset(), dict.fromkeys(_ids(messages), reason), True)
+            batch.failed = dict.fromkeys(_ids(messages), reason)
+            batch.connection_lost = True
+            return batch
         try:
             for message in messages:
                 self._next_tag += 1
-                self._unconfirmed[self._next_tag] = message.event_id
+                self._unconfirmed[self._next_tag] = (batch, message.event_id)
+                batch.due += 1
                 self._channel.basic_publish(
                     EXCHANGE,
                     message.routing_key,
@@ -97,20 +120,24 @@ class ConfirmingPublisher:
                 )
         except pika.exceptions.AMQPError as error:
             self._failure = f"publishing failed: {error!r}"
-        else:
-            self._run_until(lambda: not self._unconfirmed, self._confirm_timeout_s)
-        connection_lost = bool(self._unconfirmed) or self._failure is not None
-        if self._unconfirmed:
-            reason = self._failure or f"no confirm within {self._confirm_timeout_s:g} s"
-            for event_id in self._unconfirmed.values():
-                self._failed[event_id] = reason
-            self._unconfirmed.clear()
-            # Late confirms would carry tags we no longer track: start afresh on a new channel.
-            self.close()
-        for message in messages:
-            if message.event_id not in self._published and message.event_id not in self._failed:
-                self._failed[message.event_id] = self._failure or "not confirmed"
-        return PublishOutcome(frozenset(self._published), dict(self._failed), connection_lost)
+            self._give_up()
+        return batch
+
+    def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
+        batch = in_flight
+        assert isinstance(batch, _Batch), "finish() takes what this publisher's start() returned"
+        if batch.due and self._failure is None:
+            self._run_until(lambda: not batch.due, self._confirm_timeout_s)
+            if batch.due and self._failure is None:
+                self._failure = f"no confirm within {self._confirm_timeout_s:g} s"
+        if self._failure is not None:
+            # Every batch still waiting fails with this one: the connection is no good.
+            batch.connection_lost = True
+            self._give_up()
+        for message in batch.messages:
+            if message.event_id not in batch.published and message.event_id not in batch.failed:
+                batch.failed[message.event_id] = self._failure or "not confirmed"
+        return PublishOutcome(frozenset(batch.published), batch.failed, batch.connection_lost)
 
     def idle(self, seconds: float) -> None:
         if self.is_open:
@@ -188,26 +215,43 @@ class ConfirmingPublisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
-        for event_id in self._settle(int(method.delivery_tag), bool(method.multiple)):
+        for batch, event_id in self._settle(int(method.delivery_tag), bool(method.multiple)):
+            batch.due -= 1
+            returned = self._returned.pop(event_id, None)
             if not acked:
-                self._failed[event_id] = "refused by the broker (basic.nack)"
-            elif event_id in self._returned:
-                self._failed[event_id] = self._returned.pop(event_id)
+                batch.failed[event_id] = "refused by the broker (basic.nack)"
+            elif returned is not None:
+                batch.failed[event_id] = returned
             else:
-                self._published.add(event_id)
+                batch.published.add(event_id)
         self._wake()
 
-    def _settle(self, tag: int, multiple: bool) -> list[str]:
+    def _settle(self, tag: int, multiple: bool) -> list[tuple[_Batch, str]]:
         if not multiple:
-            event_id = self._unconfirmed.pop(tag, None)
-            return [] if event_id is None else [event_id]
-        settled = []
+            settled = self._unconfirmed.pop(tag, None)
+            return [] if settled is None else [settled]
+        settled_list = []
         while self._unconfirmed:
             oldest = next(iter(self._unconfirmed))
             if oldest > tag:
                 break
-            settled.append(self._unconfirmed.pop(oldest))
-        return settled
+            settled_list.append(self._unconfirmed.pop(oldest))
+        return settled_list
+
+    def _give_up(self) -> None:
+        """Fail every publish still unconfirmed, in whichever batch, and close the connection.
+
+        Late confirms would carry tags no longer tracked: the next batch starts on a new
+        connection.
+        """
+        reason = self._failure or "connection closed"
+        for batch, event_id in self._unconfirmed.values():
+            batch.due -= 1
+            batch.failed[event_id] = reason
+            batch.connection_lost = True
+        self._unconfirmed.clear()
+        self._returned.clear()
+        self.close()
 
     # ---- driving the I/O loop --------------------------------------------------------------
 

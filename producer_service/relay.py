@@ -8,12 +8,19 @@ Claim, publish, mark: the claim and the marks are short transactions of their ow
 confirm wait in between holds no database lock, so registrations never queue behind a broker
 that is slow to confirm. A claim is a lease: if this process dies before marking, another
 relay publishes the batch again once the lease has run out.
+
+Two batches on the wire: batch k+1 is claimed and written before batch k's confirms are awaited,
+on the same channel (so still in id order), and the broker stores one while this process marks
+the other. Confirms are matched to their batch by delivery tag; if the connection fails, both
+batches fail, and whatever was not confirmed stays pending.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,10 +37,12 @@ from tenacity import (
 )
 
 from producer_service.ports import (
+    ClaimedBatch,
     DatabaseUnavailable,
     EventPublisher,
     OutboxMessage,
     OutboxStore,
+    PublishInFlight,
     PublishOutcome,
 )
 from producer_service.settings import RelaySettings
@@ -65,6 +74,16 @@ class RelayTotals:
     published: int = 0
     failed: int = 0
     deleted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _OnTheWire:
+    """A claimed batch written to the broker; leaving `claim` writes its marks (or, on an
+    error, releases it)."""
+
+    claim: contextlib.ExitStack
+    batch: ClaimedBatch
+    in_flight: PublishInFlight
 
 
 class ConnectionLost(TransientError):
@@ -157,28 +176,59 @@ class OutboxRelay:
         """One pass over the pending events in id order; returns (published, failed).
 
         A failed event does not hold back the ones after it: the pass moves on, and the next
-        pass tries it again.
+        pass tries it again. Two batches are on the wire at a time: the next one is claimed and
+        written before the previous one's confirms are awaited, so the broker works on one while
+        this process marks the other and claims the next.
         """
-        published = failed = 0
+        totals = RelayTotals()
         after_id = 0
         limit = self._settings.batch_size
-        while not self.stop_requested.is_set():
-            with self._outbox.claim_pending(after_id=after_id, limit=limit) as batch:
-                messages = batch.messages
-                if not messages:
+        on_the_wire: deque[_OnTheWire] = deque()
+        lost = False
+        try:
+            while not (lost or self.stop_requested.is_set()):
+                current = self._claim_and_start(publisher, after_id, limit)
+                if current is None:
                     break
-                outcome = publisher.publish(messages)
-                batch.mark_published(sorted(outcome.published))
-                batch.mark_failed(outcome.failed)
-            self._report(messages, outcome)
-            published += len(outcome.published)
-            failed += len(outcome.failed)
-            if outcome.connection_lost:
-                raise ConnectionLost("the broker connection failed during a batch")
-            if len(messages) < limit:
-                break
-            after_id = messages[-1].id
-        return published, failed
+                on_the_wire.append(current)
+                if len(on_the_wire) > 1:
+                    lost = self._settle(publisher, on_the_wire.popleft(), totals)
+                if len(current.batch.messages) < limit:
+                    break
+                after_id = current.batch.messages[-1].id
+            while on_the_wire:
+                lost = self._settle(publisher, on_the_wire.popleft(), totals) or lost
+        except BaseException as error:
+            # Nothing may stay claimed by a pass that failed: the next one takes the rows again.
+            for sent in on_the_wire:
+                sent.claim.__exit__(type(error), error, error.__traceback__)
+            raise
+        if lost:
+            raise ConnectionLost("the broker connection failed during a batch")
+        return totals.published, totals.failed
+
+    def _claim_and_start(
+        self, publisher: EventPublisher, after_id: int, limit: int
+    ) -> _OnTheWire | None:
+        """Claim the next batch and write it to the broker; None when nothing is pending."""
+        with contextlib.ExitStack() as claim:
+            batch = claim.enter_context(self._outbox.claim_pending(after_id=after_id, limit=limit))
+            if not batch.messages:
+                return None
+            # Written before the claim leaves this block: if writing fails, it is released.
+            in_flight = publisher.start(batch.messages)
+            return _OnTheWire(claim.pop_all(), batch, in_flight)
+
+    def _settle(self, publisher: EventPublisher, sent: _OnTheWire, totals: RelayTotals) -> bool:
+        """Wait for a batch's confirms and mark it; True if the connection failed meanwhile."""
+        with sent.claim:
+            outcome = publisher.finish(sent.in_flight)
+            sent.batch.mark_published(sorted(outcome.published))
+            sent.batch.mark_failed(outcome.failed)
+        self._report(sent.batch.messages, outcome)
+        totals.published += len(outcome.published)
+        totals.failed += len(outcome.failed)
+        return outcome.connection_lost
 
     def publish_events(self, publisher: EventPublisher, event_ids: Sequence[str]) -> frozenset[str]:
         """Publish these events now, if still pending and not held by a relay."""

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from producer_service.bootstrap import Producer, bootstrap
-from producer_service.ports import Claim, OutboxMessage, PublishOutcome
+from producer_service.ports import Claim, OutboxMessage, PublishInFlight, PublishOutcome
 from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay
 from producer_service.schema import COMPONENT, MIGRATIONS, outbox, upgrade
@@ -33,6 +33,7 @@ from tests.support.producer import (
     producer_env,
     run_producer,
 )
+from tests.support.producer_fakes import FakeInFlight
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 SETTINGS = RelaySettings(batch_size=10, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
@@ -77,9 +78,16 @@ class HeldPublisher:
         self.release = threading.Event()
 
     def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        return self.finish(self.start(messages))
+
+    def start(self, messages: Sequence[OutboxMessage]) -> FakeInFlight:
+        return FakeInFlight(messages, PublishOutcome(frozenset(_ids(messages)), {}))
+
+    def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
+        assert isinstance(in_flight, FakeInFlight)
         self.waiting.set()
         assert self.release.wait(60), "the test never released the batch"
-        return PublishOutcome(frozenset(_ids(messages)), {})
+        return in_flight.outcome
 
     def idle(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -70,6 +70,28 @@ def test_thousands_in_flight_are_all_confirmed_in_order(
     assert message_ids(drain_queue(amqp_url)) == [message.event_id for message in messages]
 
 
+def test_two_batches_on_the_wire_are_each_settled_by_their_own_confirms(
+    amqp_url: str, publisher: ConfirmingPublisher
+) -> None:
+    first = [_message() for _ in range(200)]
+    unroutable = _message("nobody.listens")
+    second = [_message(), unroutable, *(_message() for _ in range(200))]
+
+    first_in_flight = publisher.start(first)
+    second_in_flight = publisher.start(second)
+    first_outcome = publisher.finish(first_in_flight)
+    second_outcome = publisher.finish(second_in_flight)
+
+    assert first_outcome.published == {message.event_id for message in first}
+    assert first_outcome.failed == {}
+    assert second_outcome.published == {m.event_id for m in second if m is not unroutable}
+    assert set(second_outcome.failed) == {unroutable.event_id}
+    assert not first_outcome.connection_lost
+    assert not second_outcome.connection_lost
+    routed = [message.event_id for message in [*first, *second] if message is not unroutable]
+    assert message_ids(drain_queue(amqp_url)) == routed
+
+
 def test_properties_follow_the_contract(amqp_url: str, publisher: ConfirmingPublisher) -> None:
     message = _message()
     publisher.publish([message])
@@ -100,6 +122,23 @@ def test_a_connection_closed_by_the_broker_fails_the_batch_and_reports_it(
     assert outcome.connection_lost
     assert outcome.published == frozenset()
     assert set(outcome.failed) == {message.event_id for message in messages}
+    assert not publisher.is_open
+    assert ready_count(amqp_url, QUEUE) == 0
+
+
+def test_a_closed_connection_fails_every_batch_on_the_wire(
+    amqp_url: str, vhost: str, broker_admin: BrokerAdmin, publisher: ConfirmingPublisher
+) -> None:
+    assert broker_admin.close_connections(vhost) >= 1
+    first, second = [_message(), _message()], [_message()]
+
+    first_in_flight, second_in_flight = publisher.start(first), publisher.start(second)
+    outcomes = [publisher.finish(first_in_flight), publisher.finish(second_in_flight)]
+
+    for outcome, batch in zip(outcomes, (first, second), strict=True):
+        assert outcome.connection_lost
+        assert outcome.published == frozenset()
+        assert set(outcome.failed) == {message.event_id for message in batch}
     assert not publisher.is_open
     assert ready_count(amqp_url, QUEUE) == 0
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from producer_service.ports import Claim, OutboxMessage, PublishOutcome
+from producer_service.ports import Claim, OutboxMessage, PublishInFlight, PublishOutcome
 
 
 @dataclass
@@ -117,6 +117,12 @@ class FakeOutbox:
         return [row.message.id for row in self.rows if row.claim_token is not None]
 
 
+@dataclass(frozen=True)
+class FakeInFlight:
+    messages: Sequence[OutboxMessage]
+    outcome: PublishOutcome
+
+
 class FakePublisher:
     def __init__(
         self, *, unroutable: set[int] | None = None, lose_connection_after: int | None = None
@@ -126,8 +132,23 @@ class FakePublisher:
         self.sent: list[int] = []
         self.is_open = True
         self.on_publish: list[threading.Event] = []
+        self.calls: list[tuple[str, list[int]]] = []
+        """("start" or "finish", the batch's ids), in the order they were called."""
 
     def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        return self.finish(self.start(messages))
+
+    def start(self, messages: Sequence[OutboxMessage]) -> FakeInFlight:
+        """Decides the outcome at once (as if every confirm arrived while writing)."""
+        self.calls.append(("start", [message.id for message in messages]))
+        return FakeInFlight(messages, self._outcome(messages))
+
+    def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
+        assert isinstance(in_flight, FakeInFlight)
+        self.calls.append(("finish", [message.id for message in in_flight.messages]))
+        return in_flight.outcome
+
+    def _outcome(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
         published, failed = set(), {}
         for message in messages:
             if (

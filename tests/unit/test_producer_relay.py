@@ -15,6 +15,7 @@ from producer_service.ports import (
     DuplicateUser,
     NewUser,
     OutboxMessage,
+    PublishInFlight,
     PublishOutcome,
 )
 from producer_service.registration import RegisterUser
@@ -23,7 +24,7 @@ from producer_service.settings import RelaySettings
 from producer_service.validation import ValidationError
 from shared.errors import TransientError
 from shared.events import parse_user_registered
-from tests.support.producer_fakes import FakeBatch, FakeOutbox, FakePublisher
+from tests.support.producer_fakes import FakeBatch, FakeInFlight, FakeOutbox, FakePublisher
 
 SETTINGS = RelaySettings(batch_size=3, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
 
@@ -65,9 +66,24 @@ def test_a_lost_connection_keeps_unconfirmed_events_and_asks_for_a_reconnect() -
     assert outbox.pending() == [5, 6]
 
 
-def test_nothing_is_marked_when_publishing_raises() -> None:
+def test_the_next_batch_is_written_before_the_previous_ones_confirms_are_awaited() -> None:
+    outbox, publisher = FakeOutbox(7), FakePublisher()
+
+    OutboxRelay(outbox, lambda: publisher, SETTINGS).run_once()
+
+    assert publisher.calls == [
+        ("start", [1, 2, 3]),
+        ("start", [4, 5, 6]),
+        ("finish", [1, 2, 3]),
+        ("start", [7]),
+        ("finish", [4, 5, 6]),
+        ("finish", [7]),
+    ]
+
+
+def test_nothing_is_marked_when_writing_a_batch_raises() -> None:
     class ExplodingPublisher(FakePublisher):
-        def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
+        def start(self, messages: Sequence[OutboxMessage]) -> FakeInFlight:
             raise RuntimeError("boom")
 
     outbox = FakeOutbox(2)
@@ -77,6 +93,22 @@ def test_nothing_is_marked_when_publishing_raises() -> None:
         OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(publisher)
 
     assert outbox.pending() == [1, 2]
+    assert outbox.claimed_ids() == []
+
+
+def test_both_batches_on_the_wire_are_released_when_waiting_raises() -> None:
+    class ExplodingPublisher(FakePublisher):
+        def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
+            raise RuntimeError("boom")
+
+    outbox = FakeOutbox(5)
+    publisher = ExplodingPublisher()
+
+    with pytest.raises(RuntimeError):
+        OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(publisher)
+
+    assert outbox.pending() == [1, 2, 3, 4, 5]
+    assert outbox.claimed_ids() == []
 
 
 def test_publish_events_publishes_only_the_named_events() -> None:
