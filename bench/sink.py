@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from shared.runtime import freeze_start_up_objects
 from tests.support.ports import free_port
 
 _EVENT_ID_HEADER = re.compile(rb"^X-Event-ID:[ \t]*([^\r\n]+)", re.IGNORECASE | re.MULTILINE)
@@ -71,6 +72,9 @@ def _serve(port: int, latency_s: float, counter: Synchronized[int], commands: Co
         ready_timeout=10,
     )
     controller.start()
+    # Accept times are what the latency section measures: a full collection walking every
+    # start-up object would stall them, whichever publisher is being measured.
+    freeze_start_up_objects()
     commands.send("ready")
     try:
         while True:

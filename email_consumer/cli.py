@@ -17,6 +17,7 @@ from email_consumer.settings import ConsumerSettings, consumer_settings
 from shared.cli import positive_int, stop_on_signals
 from shared.errors import ConfigError, TransientError
 from shared.logging import get_logger
+from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
 
 EXIT_OK = 0
@@ -96,6 +97,7 @@ def _run(settings: ConsumerSettings) -> int:
     app = bootstrap.build_worker(settings, stopping)
     try:
         app.metrics.serve(settings.metrics_port, settings.metrics_address)
+        freeze_start_up_objects()
         app.worker.run()
     finally:
         app.sender.close_all()

@@ -29,6 +29,7 @@ from producer_service.validation import (
 from shared.cli import positive_int, stop_on_signals
 from shared.errors import ConfigError, TransientError
 from shared.logging import event_context, get_logger
+from shared.runtime import freeze_start_up_objects
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -204,6 +205,7 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     relay = producer.relay(stop)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
+    freeze_start_up_objects()
     totals = relay.run_once() if args.once else relay.run_forever()
     _log.info(
         "relay stopped", published=totals.published, failed=totals.failed, deleted=totals.deleted
@@ -220,6 +222,7 @@ def _simulate(producer: Producer, args: argparse.Namespace) -> int:
         nullcontext(None) if args.relay_only else producer.publish_after_commit(stop) as now,
     ):
         simulation = producer.simulation(stop, publish_now=now)
+        freeze_start_up_objects()
         summary = simulation.run(args.count, rate=args.rate, progress=progress)
     print(
         f"registered {summary.registered} of {summary.requested} users in "
