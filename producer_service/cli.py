@@ -217,12 +217,14 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
+    # Before the publishing thread opens its connection: a connection replaced later must not
+    # leave frozen (never collected) objects behind.
+    freeze_start_up_objects()
     with (
         terminal_progress(args.count) as progress,
         nullcontext(None) if args.relay_only else producer.publish_after_commit(stop) as now,
     ):
         simulation = producer.simulation(stop, publish_now=now)
-        freeze_start_up_objects()
         summary = simulation.run(args.count, rate=args.rate, progress=progress)
     print(
         f"registered {summary.registered} of {summary.requested} users in "

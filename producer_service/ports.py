@@ -121,7 +121,7 @@ class EventPublisher(Protocol):
         """Publish all at once and wait for every confirm; unconfirmed ones count as failed."""
 
     def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
-        """Write the batch to the broker without waiting; `finish` waits for its confirms."""
+        """Hand the batch to the connection without waiting; `finish` waits for its confirms."""
 
     def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
         """Wait for the confirms of a batch from `start`, as `publish` does. Batches started

@@ -7,9 +7,11 @@ is written at once, then the I/O loop runs until the broker has acknowledged eve
 message the broker cannot route comes back as `basic.return` *before* its ack, so returns are
 remembered by `message_id` and the following ack is not counted as a success.
 
-`start` writes a batch and `finish` waits for its confirms, so a caller may write the next batch
-before waiting for the previous one (the relay keeps two on the wire). Each delivery tag knows its
-batch; when the connection fails, every batch still waiting fails with it.
+`start` hands a batch to pika (buffered; sent while an I/O loop runs) and `finish` runs the loop
+until that batch's confirms are in, so a caller may start the next batch before finishing the
+previous one (the relay keeps two on the wire, and batch k+1 goes out while `finish` waits for
+batch k). Each delivery tag knows its batch; when the connection fails, every batch still
+waiting fails with it.
 """
 
 from __future__ import annotations
@@ -251,7 +253,8 @@ class ConfirmingPublisher:
             batch.connection_lost = True
         self._unconfirmed.clear()
         self._returned.clear()
-        self.close()
+        if self._ready:  # closed once is enough: a close that timed out is not waited for again
+            self.close()
 
     # ---- driving the I/O loop --------------------------------------------------------------
 

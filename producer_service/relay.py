@@ -186,7 +186,9 @@ class OutboxRelay:
         on_the_wire: deque[_OnTheWire] = deque()
         lost = False
         try:
-            while not (lost or self.stop_requested.is_set()):
+            # A publisher that failed while writing (it closed) takes nothing more: the claims
+            # would only count a failed attempt against events never sent.
+            while not (lost or self.stop_requested.is_set()) and publisher.is_open:
                 current = self._claim_and_start(publisher, after_id, limit)
                 if current is None:
                     break
@@ -199,6 +201,13 @@ class OutboxRelay:
             while on_the_wire:
                 lost = self._settle(publisher, on_the_wire.popleft(), totals) or lost
         except BaseException as error:
+            if on_the_wire:
+                # Their confirms and returns may still come, and the next pass publishes these
+                # events again: on this connection a late basic.return of one copy could be
+                # taken for the other's (returns carry the message id, not the delivery tag).
+                # A new connection starts with nothing outstanding.
+                with contextlib.suppress(Exception):
+                    publisher.close()
             # Nothing may stay claimed by a pass that failed: the next one takes the rows again.
             for sent in on_the_wire:
                 sent.claim.__exit__(type(error), error, error.__traceback__)
@@ -215,7 +224,7 @@ class OutboxRelay:
             batch = claim.enter_context(self._outbox.claim_pending(after_id=after_id, limit=limit))
             if not batch.messages:
                 return None
-            # Written before the claim leaves this block: if writing fails, it is released.
+            # Handed to the publisher inside this block: if that raises, the claim is released.
             in_flight = publisher.start(batch.messages)
             return _OnTheWire(claim.pop_all(), batch, in_flight)
 
@@ -273,9 +282,14 @@ class OutboxRelay:
     def _idle(self, publisher: EventPublisher, seconds: float) -> None:
         # In short slices: a signal sets `stop_requested` but does not interrupt pika's loop.
         deadline = self._clock() + seconds
-        while not self.stop_requested.is_set() and publisher.is_open:
+        while not self.stop_requested.is_set():
             remaining = deadline - self._clock()
             if remaining <= 0:
+                return
+            if not publisher.is_open:
+                # Closed by a failed pass (a database outage, say): the pause still holds, and
+                # the reconnect waits for it.
+                self.stop_requested.wait(remaining)
                 return
             publisher.idle(min(remaining, _IDLE_SLICE_S))
 

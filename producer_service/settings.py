@@ -19,10 +19,13 @@ DEFAULT_RETENTION_S = 7 * 24 * 3600
 # A broker in a memory alarm never confirms; the relay gives up on the batch after this long, and
 # the events stay pending for the next pass.
 DEFAULT_CONFIRM_TIMEOUT_S = 10.0
-# A claimed batch is published and marked within one confirm wait, plus closing the connection
-# after a timeout (up to 5 s), plus the marks' wait for the database. The lease allows several
-# such waits, so a live relay's claim is never taken over; a crashed relay's rows are claimable
-# again once it ends (45 s with the defaults).
+# A claimed batch is held while the batch before it is confirmed and marked, then through its
+# own confirm wait and marks: two confirm waits at most (a wait that times out fails every batch
+# on the wire at once), closing the connection after a timeout (up to 5 s), and the marks' waits
+# for the database. The lease allows three confirm waits and a margin, so a live relay's claim
+# is not taken over unless its database stalls for long (then a second relay may publish the
+# batch again: a duplicate the worker absorbs, never a loss, as marks are guarded by the claim's
+# token); a crashed relay's rows are claimable again once it ends (45 s with the defaults).
 _LEASE_CONFIRM_WAITS = 3
 _LEASE_MARGIN_S = 15.0
 

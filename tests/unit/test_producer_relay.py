@@ -111,6 +111,44 @@ def test_both_batches_on_the_wire_are_released_when_waiting_raises() -> None:
     assert outbox.claimed_ids() == []
 
 
+def test_a_database_error_with_a_batch_on_the_wire_releases_it_and_drops_the_connection() -> None:
+    class OutboxDownAfterOneClaim(FakeOutbox):
+        claims = 0
+
+        @contextmanager
+        def claim_pending(
+            self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+        ) -> Iterator[FakeBatch]:
+            self.claims += 1
+            if self.claims > 1:
+                raise DatabaseUnavailable("database is locked")
+            with super().claim_pending(after_id=after_id, limit=limit) as batch:
+                yield batch
+
+    outbox, publisher = OutboxDownAfterOneClaim(6), FakePublisher()
+
+    with pytest.raises(DatabaseUnavailable):
+        OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(publisher)
+
+    assert publisher.calls == [("start", [1, 2, 3])]
+    assert outbox.pending() == [1, 2, 3, 4, 5, 6]
+    assert outbox.claimed_ids() == []
+    # Its confirms may still come; the next pass publishes these events on a new connection.
+    assert not publisher.is_open
+
+
+def test_nothing_more_is_claimed_once_the_connection_failed_while_writing() -> None:
+    outbox, publisher = FakeOutbox(9), FakePublisher(lose_connection_after=4)
+
+    with pytest.raises(TransientError):
+        OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(publisher)
+
+    assert [ids for call, ids in publisher.calls if call == "start"] == [[1, 2, 3], [4, 5, 6]]
+    assert outbox.pending() == [5, 6, 7, 8, 9]
+    never_sent = [row for row in outbox.rows if row.message.id > 6]
+    assert [row.attempts for row in never_sent] == [0, 0, 0]
+
+
 def test_publish_events_publishes_only_the_named_events() -> None:
     outbox, publisher = FakeOutbox(3), FakePublisher()
 
