@@ -107,7 +107,7 @@ class OutboxStore(Protocol):
 
 
 class PublishInFlight(Protocol):
-    """A batch written to the broker by `EventPublisher.start`, its confirms still awaited."""
+    """A batch handed to the connection by `EventPublisher.start`, its confirms still awaited."""
 
     @property
     def messages(self) -> Sequence[OutboxMessage]: ...

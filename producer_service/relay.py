@@ -9,10 +9,11 @@ confirm wait in between holds no database lock, so registrations never queue beh
 that is slow to confirm. A claim is a lease: if this process dies before marking, another
 relay publishes the batch again once the lease has run out.
 
-Two batches on the wire: batch k+1 is claimed and written before batch k's confirms are awaited,
-on the same channel (so still in id order), and the broker stores one while this process marks
-the other. Confirms are matched to their batch by delivery tag; if the connection fails, both
-batches fail, and whatever was not confirmed stays pending.
+Two batches on the wire: batch k+1 is claimed and handed to the publisher before batch k's
+confirms are awaited, on the same channel (so still in id order), and its frames go out while
+this process waits for batch k; the broker stores one while this process marks the other.
+Confirms are matched to their batch by delivery tag; if the connection fails, both batches
+fail, and whatever was not confirmed stays pending.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class RelayTotals:
 
 @dataclass(frozen=True, slots=True)
 class _OnTheWire:
-    """A claimed batch written to the broker; leaving `claim` writes its marks (or, on an
+    """A claimed batch handed to the publisher; leaving `claim` writes its marks (or, on an
     error, releases it)."""
 
     claim: contextlib.ExitStack
@@ -177,7 +178,7 @@ class OutboxRelay:
 
         A failed event does not hold back the ones after it: the pass moves on, and the next
         pass tries it again. Two batches are on the wire at a time: the next one is claimed and
-        written before the previous one's confirms are awaited, so the broker works on one while
+        handed over before the previous one's confirms are awaited, so the broker works on one while
         this process marks the other and claims the next.
         """
         totals = RelayTotals()
