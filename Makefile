@@ -1,8 +1,11 @@
-# One command per check. Tools run as `python -m ...` so they work whatever is on PATH.
+# One command per check, each run from the project's own virtual environment (.venv), which the
+# first target that needs it creates and fills; editing pyproject.toml refills it.
 # Override on the command line: `make test PYTEST_ARGS="tests/unit -x"`,
-# `make register USERNAME=bob EMAIL=bob@example.com`.
+# `make register USERNAME=bob EMAIL=bob@example.com`, `make test PYTHON=python3.12` (the
+# interpreter that creates .venv).
 
 PYTHON ?= python
+VENV ?= .venv
 PYTEST_ARGS ?=
 COMPOSE ?= docker compose
 # Plain `=` (not `?=`): a USERNAME already in the shell's environment must not pick the user
@@ -10,28 +13,48 @@ COMPOSE ?= docker compose
 USERNAME = alice
 EMAIL = alice@example.com
 
+VENV_BIN := $(abspath $(VENV))/bin
+VENV_PYTHON := $(VENV_BIN)/python
+# Touched once `.[dev]` is installed; older than pyproject.toml means the install is stale.
+INSTALLED := $(VENV)/.installed
+# The tests start the console scripts (producer-service, email-consumer) by name.
+export PATH := $(VENV_BIN):$(PATH)
+
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format typecheck check up down register bench faults
+.PHONY: help venv install test compose-test lint format typecheck check up down register bench faults
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
-install: ## install the project with its development tools (editable)
-	$(PYTHON) -m pip install -e '.[dev]'
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
 
-test: ## run the test suite (needs RabbitMQ: a local one, or Docker to start the compose one)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+$(INSTALLED): pyproject.toml | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
 
-lint: ## ruff lint and formatting check
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
+venv: $(INSTALLED) ## create .venv and install the project with its development tools, if needed
 
-format: ## apply ruff's fixes and formatting
-	$(PYTHON) -m ruff check --fix .
-	$(PYTHON) -m ruff format .
+install: | $(VENV_PYTHON) ## (re)install the project with its development tools (editable) into .venv
+	$(VENV_PYTHON) -m pip install --disable-pip-version-check -e '.[dev]'
+	touch $(INSTALLED)
 
-typecheck: ## mypy --strict (configured in pyproject.toml)
-	$(PYTHON) -m mypy
+test: $(INSTALLED) ## run the test suite (needs RabbitMQ: a local one, or Docker to start the compose one)
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+compose-test: $(INSTALLED) ## run the Docker quick start for real (needs a Docker engine; ~3 min)
+	$(VENV_PYTHON) -m pytest tests/compose $(PYTEST_ARGS)
+
+lint: $(INSTALLED) ## ruff lint and formatting check
+	$(VENV_PYTHON) -m ruff check .
+	$(VENV_PYTHON) -m ruff format --check .
+
+format: $(INSTALLED) ## apply ruff's fixes and formatting
+	$(VENV_PYTHON) -m ruff check --fix .
+	$(VENV_PYTHON) -m ruff format .
+
+typecheck: $(INSTALLED) ## mypy --strict (configured in pyproject.toml)
+	$(VENV_PYTHON) -m mypy
 
 check: lint typecheck test ## lint, typecheck and test
 
@@ -44,8 +67,8 @@ down: ## stop the system (keeps the volumes; `docker compose down -v` drops them
 register: ## register a user through the compose stack: make register USERNAME=bob EMAIL=bob@example.com
 	$(COMPOSE) run --rm producer register '$(USERNAME)' '$(EMAIL)'
 
-bench: ## run the benchmarks (prints a table, writes bench/results/latest.json)
-	$(PYTHON) -m bench
+bench: $(INSTALLED) ## run the benchmarks (prints a table, writes bench/results/latest.json)
+	$(VENV_PYTHON) -m bench
 
-faults: ## run the fault-injection suite alone, with its longer variants
-	FAULTS_LONG=1 $(PYTHON) -m pytest tests/faults $(PYTEST_ARGS)
+faults: $(INSTALLED) ## run the fault-injection suite alone, with its longer variants
+	FAULTS_LONG=1 $(VENV_PYTHON) -m pytest tests/faults $(PYTEST_ARGS)
