@@ -15,6 +15,7 @@ import pytest
 
 from shared import topology
 from tests.support.broker import REPO_ROOT
+from tests.support.compose import DEMO_BROKER_PASSWORDS
 from tests.support.rabbit_node import RabbitNode
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow]
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.private_node, pytest.mark.slow]
 DEFINITIONS = REPO_ROOT / "docker" / "rabbitmq" / "definitions.json"
 RABBITMQ_CONF = REPO_ROOT / "docker" / "rabbitmq" / "rabbitmq.conf"
 # The demo passwords documented in the README; docker-compose.yml uses the same defaults.
-PASSWORDS = {"producer": "producer", "email_worker": "email_worker", "admin": "admin"}
+PASSWORDS = DEMO_BROKER_PASSWORDS
 ACCESS_REFUSED = 403
 
 Operation = Callable[[Any], object]

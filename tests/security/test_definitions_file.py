@@ -15,10 +15,11 @@ import pytest
 
 from shared import topology
 from tests.support.broker import REPO_ROOT
+from tests.support.compose import DEMO_BROKER_PASSWORDS
 
 DEFINITIONS = REPO_ROOT / "docker" / "rabbitmq" / "definitions.json"
 RABBITMQ_CONF = REPO_ROOT / "docker" / "rabbitmq" / "rabbitmq.conf"
-DEMO_PASSWORDS = {"producer": "producer", "email_worker": "email_worker", "admin": "admin"}
+DEMO_PASSWORDS = DEMO_BROKER_PASSWORDS
 
 
 @pytest.fixture(scope="module")

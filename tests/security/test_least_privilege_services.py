@@ -15,6 +15,7 @@ import pytest
 from shared import topology
 from tests.faults.harness import Stack, queue_depth
 from tests.support.broker import REPO_ROOT
+from tests.support.compose import DEMO_BROKER_PASSWORDS
 from tests.support.rabbit_node import RabbitNode
 from tests.support.smtp import SmtpTestServer
 
@@ -37,13 +38,13 @@ def test_register_relay_worker_and_replay_work_with_least_privilege(
     compose_like_broker: RabbitNode, smtp_server: SmtpTestServer, tmp_path: Path
 ) -> None:
     node = compose_like_broker
-    producer = {"AMQP_URL": node.url_for("producer", "producer")}
+    producer = {"AMQP_URL": node.url_for("producer", DEMO_BROKER_PASSWORDS["producer"])}
     worker_env = {
-        "AMQP_URL": node.url_for("email_worker", "email_worker"),
+        "AMQP_URL": node.url_for("email_worker", DEMO_BROKER_PASSWORDS["email_worker"]),
         # The delays pre-declared in definitions.json (the defaults).
         "RETRY_DELAYS_S": ",".join(str(d) for d in topology.DEFAULT_RETRY_DELAYS_S),
     }
-    admin_url = node.url_for("admin", "admin")
+    admin_url = node.url_for("admin", DEMO_BROKER_PASSWORDS["admin"])
     stack = Stack(node=node, smtp=smtp_server, folder=tmp_path)
     try:
         registered = stack.run("producer-service", "register", "alice", "a@example.com", **producer)

@@ -18,11 +18,21 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pika
 import pika.exceptions
 
+from tests.support.compose import DEMO_BROKER_PASSWORDS, published_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-# What docker-compose.yml's broker grants the operator account used by tests on a machine
-# that has only Docker (the compose broker has no guest user).
-COMPOSE_TEST_AMQP_URL = "amqp://admin:admin@127.0.0.1:5672/%2F"
+# The operator account of docker-compose.yml's broker (docker/rabbitmq/definitions.json), used by
+# tests on a machine that has only Docker (the compose broker has no guest user).
+COMPOSE_ADMIN_USER = "admin"
+COMPOSE_ADMIN_PASSWORD = DEMO_BROKER_PASSWORDS[COMPOSE_ADMIN_USER]
+
+
+def compose_test_amqp_url() -> str:
+    """The compose broker's operator URL, on the host port compose publishes AMQP on now
+    (RABBITMQ_AMQP_PORT, else the compose file's default)."""
+    port = published_port("rabbitmq", 5672)
+    return f"amqp://{COMPOSE_ADMIN_USER}:{COMPOSE_ADMIN_PASSWORD}@127.0.0.1:{port}/%2F"
 
 
 class BrokerUnreachable(RuntimeError):
@@ -118,7 +128,7 @@ def connect_test_broker() -> BrokerAdmin:
         return BrokerAdmin(url, _local_rabbitmqctl(url))
     if docker_engine_answers():
         _start_compose_broker()
-        return BrokerAdmin(COMPOSE_TEST_AMQP_URL, _compose_rabbitmqctl())
+        return BrokerAdmin(compose_test_amqp_url(), _compose_rabbitmqctl())
     raise BrokerUnreachable(
         f"no RabbitMQ answers at {urlsplit(url).hostname}:{urlsplit(url).port or 5672} and no "
         "Docker engine is available to start the one in docker-compose.yml; start RabbitMQ "
@@ -169,7 +179,7 @@ def start_compose_service(service: str, timeout_s: float = 180.0) -> None:
 def _start_compose_broker(timeout_s: float = 180.0) -> None:
     start_compose_service("rabbitmq", timeout_s)
     deadline = time.monotonic() + timeout_s
-    while not broker_answers(COMPOSE_TEST_AMQP_URL):
+    while not broker_answers(compose_test_amqp_url()):
         if time.monotonic() > deadline:
             raise BrokerUnreachable("the compose RabbitMQ started but does not accept connections")
         time.sleep(2)

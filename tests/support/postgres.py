@@ -10,10 +10,19 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from tests.support.broker import docker_engine_answers, start_compose_service
+from tests.support.compose import published_port
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-# docker-compose.yml's PostgreSQL, used when nothing answers locally and Docker is there.
-COMPOSE_TEST_POSTGRES_URL = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+# docker-compose.yml's superuser (POSTGRES_PASSWORD's default), used when nothing answers
+# locally and Docker is there.
+COMPOSE_POSTGRES_PASSWORD = "superuser-demo-pw"
+
+
+def compose_test_postgres_url() -> str:
+    """docker-compose.yml's PostgreSQL, on the host port compose publishes it on now
+    (POSTGRES_PORT, else the compose file's default)."""
+    port = published_port("postgres", 5432)
+    return f"postgresql://postgres:{COMPOSE_POSTGRES_PASSWORD}@127.0.0.1:{port}/postgres"
 
 
 class PostgresUnreachable(RuntimeError):
@@ -36,12 +45,13 @@ def admin_postgres_url() -> str:
     if docker_engine_answers():
         start_compose_service("postgres")
         deadline = time.monotonic() + 60
-        while not _answers(COMPOSE_TEST_POSTGRES_URL):
+        compose_url = compose_test_postgres_url()
+        while not _answers(compose_url):
             if time.monotonic() > deadline:
                 break
             time.sleep(1)
         else:
-            return COMPOSE_TEST_POSTGRES_URL
+            return compose_url
     raise PostgresUnreachable(
         f"no PostgreSQL answers at {urlsplit(url).hostname}:{urlsplit(url).port or 5432}; "
         "start it, or Docker (docker-compose.yml has one), or set TEST_POSTGRES_URL"

@@ -1,8 +1,9 @@
 """docker-compose.yml and the Dockerfile: valid, pinned, healthy, least privilege, and in step
 with the code (console scripts, environment variables, broker users).
 
-The schema check always runs; `docker compose config` runs in addition wherever a Docker engine
-answers, since it also resolves what the schema cannot (anchors, interpolation, file paths).
+The schema check always runs, with the Compose specification's schema that check-jsonschema
+ships; `docker compose config` runs in addition wherever a Docker engine answers, since it also
+resolves what the schema cannot (anchors, interpolation, file paths).
 """
 
 from __future__ import annotations
@@ -13,35 +14,38 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import jsonschema
 import pytest
 
 from email_consumer.settings import consumer_settings
 from producer_service.settings import ProducerSettings
 from shared.settings import Environment
-from tests.support.broker import COMPOSE_TEST_AMQP_URL
+from tests.support import compose as compose_support
+from tests.support.broker import compose_test_amqp_url
 from tests.support.compose import (
+    COMPOSE_FILE,
     DEFINITIONS_FILE,
     REPO_ROOT,
     Service,
     app_services,
     as_list,
     environment_of,
-    load_compose,
+    interpolate,
+    interpolated_variables,
     load_services,
     program_of,
     with_defaults,
 )
+from tests.support.postgres import compose_test_postgres_url
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PYPROJECT = REPO_ROOT / "pyproject.toml"
-# shared/ lies beside the clone, here and in CI.
-SCHEMA_FILE = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 
 # How each console script reads its settings; a service's environment must be read by these.
 SETTINGS_LOADERS: dict[str, Callable[[Environment], object]] = {
@@ -56,11 +60,6 @@ EXPECTED_COMMANDS = {
 
 
 # --- reading the files ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return load_compose()
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +85,35 @@ def docker_compose_available() -> bool:
 # --- the file as a whole ----------------------------------------------------------------------
 
 
-def test_compose_file_is_valid_compose(compose: dict[str, Any]) -> None:
-    if not SCHEMA_FILE.is_file():
-        pytest.fail(
-            f"the Compose specification schema is missing: expected {SCHEMA_FILE} "
-            "(the shared/ folder beside the clone)",
-            pytrace=False,
-        )
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft7Validator(schema)
-    problems = [
-        f"{'/'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
-        for error in validator.iter_errors(compose)
-    ]
-    assert problems == []
+def check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_compose_schema_check_finds_a_wrong_file(tmp_path: Path) -> None:
+    # Proves the check below judges the file: a service whose `ports` is not a list fails.
+    wrong = tmp_path / "compose.yaml"
+    wrong.write_text("services:\n  web:\n    image: nginx:1.27\n    ports: 80\n")
+    result = check_jsonschema(str(wrong))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ports" in result.stdout + result.stderr
+
+
+def test_compose_file_is_valid_compose() -> None:
+    result = check_jsonschema(str(COMPOSE_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
 
     # Docker's own parser also resolves anchors, interpolation and paths; use it where it runs.
     if docker_compose_available():
@@ -149,18 +163,34 @@ def test_image_tag_reads_the_tag_only(image: str, tag: str | None) -> None:
 
 
 def test_every_image_is_pinned_to_a_version(services: dict[str, Service]) -> None:
+    ours = app_services(services)
     for name, service in services.items():
-        image = service.get("image")
+        image = with_defaults(service.get("image") or "")
         assert image, f"{name} names no image"
         tag = image_tag(image)
         assert tag is not None, f"{name}: {image} has no tag"
         assert tag != "latest", f"{name}: {image} is not pinned"
-        if "build" not in service:  # pulled from a registry: an exact version
+        if name not in ours:  # pulled from a registry: an exact version
             assert re.search(r"\d+\.\d+", tag), f"{name}: {image} names no exact version"
 
 
+def test_the_image_is_built_once_for_every_service_that_runs_it(
+    services: dict[str, Service],
+) -> None:
+    # With `build:` on each, compose builds one image per service under the same tag: every
+    # build leaves dangling images and `up --build` recreates every container.
+    builders = [name for name, service in services.items() if "build" in service]
+    assert len(builders) == 1, f"only one service may build the image, not {builders}"
+    ours = app_services(services)
+    assert set(EXPECTED_COMMANDS) | {"producer"} <= set(ours)
+    for name, service in ours.items():
+        if name not in builders:
+            # The default policy would try a registry for an image that only the build makes.
+            assert service.get("pull_policy") == "never", f"{name} would pull {service['image']}"
+
+
 def test_every_service_others_wait_for_has_a_healthcheck(services: dict[str, Service]) -> None:
-    pulled = {name for name, service in services.items() if "build" not in service}
+    pulled = set(services) - set(app_services(services))
     waited_for = {
         dependency for service in services.values() for dependency in service.get("depends_on", {})
     }
@@ -299,7 +329,7 @@ def test_the_broker_knows_every_user_compose_logs_in_as(services: dict[str, Serv
     }
     logins = [(name, url) for name, url in broker_urls(services)]
     # tests/support/broker.py logs in as this operator when it starts the compose broker.
-    logins.append(("tests", COMPOSE_TEST_AMQP_URL))
+    logins.append(("tests", compose_test_amqp_url()))
     for name, url in logins:
         parts = urlsplit(url)
         user, vhost = parts.username or "", unquote(parts.path[1:]) or "/"
@@ -350,3 +380,110 @@ def test_every_database_login_exists_in_the_init_script(services: dict[str, Serv
         user, database = parts.username or "", parts.path.lstrip("/")
         assert passwords.get(user) == unquote(parts.password or ""), f"{name}: login {user!r}"
         assert owners.get(database) == user, f"{name}: {user!r} does not own {database!r}"
+
+
+# --- demo passwords, host ports, .env.example ----------------------------------------------------
+
+
+def compose_names(services: dict[str, Service]) -> set[str]:
+    """Names that show up in the services' logs: users, roles, databases, broker objects,
+    services, packages and console scripts."""
+    document = definitions()
+    script = (REPO_ROOT / "docker" / "postgres" / "init.sql").read_text(encoding="utf-8")
+    names = {user["name"] for user in document.get("users", [])}
+    names |= {entry["name"] for key in ("vhosts", "queues", "exchanges") for entry in document[key]}
+    names |= set(re.findall(r"CREATE (?:ROLE|DATABASE) (\w+)", script)) | {"postgres"}
+    names |= set(services) | console_scripts() | {"shared", "producer_service", "email_consumer"}
+    return names
+
+
+def demo_passwords(services: dict[str, Service]) -> dict[str, str]:
+    """Every demo password, by where it is set."""
+    script = (REPO_ROOT / "docker" / "postgres" / "init.sql").read_text(encoding="utf-8")
+    passwords = {
+        f"init.sql {role}": password
+        for role, password in re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']*)'", script)
+    }
+    for name, service in services.items():
+        for variable, value in environment_of(service).items():
+            if variable.endswith("PASSWORD"):
+                passwords[f"{name} {variable}"] = value
+            elif "://" in value and urlsplit(value).password:
+                passwords[f"{name} {variable}"] = unquote(urlsplit(value).password or "")
+    passwords["tests' compose login"] = unquote(urlsplit(compose_test_amqp_url()).password or "")
+    return passwords
+
+
+def test_no_demo_password_is_part_of_a_name(services: dict[str, Service]) -> None:
+    # The services' logs mask every password wherever it appears: a password `producer` turned
+    # `"logger": "producer_service.cli"` into `"***_service.cli"`.
+    names = compose_names(services)
+    passwords = demo_passwords(services)
+    assert len(passwords) >= 6, passwords
+    clashes = [
+        f"{where}: {password!r} is part of {name!r}"
+        for where, password in passwords.items()
+        for name in names
+        if password in name
+    ]
+    assert clashes == []
+
+
+def default_host_ports(services: dict[str, Service]) -> dict[tuple[str, int], int]:
+    """(service, container port) -> the host port published when no variable is set."""
+    ports = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            *_, host, container = with_defaults(str(port)).rsplit(":", 2)
+            ports[name, int(container)] = int(host)
+    return ports
+
+
+def test_default_host_ports_leave_the_local_services_theirs(services: dict[str, Service]) -> None:
+    # The README's set-up without Docker runs RabbitMQ on 5672, PostgreSQL on 5432 and a mail
+    # server on 1025 on the same machine; the stack's defaults must not ask for those ports.
+    ports = default_host_ports(services)
+    assert {("rabbitmq", 5672), ("postgres", 5432), ("mailpit", 1025)} <= set(ports)
+    clashes = {where: port for where, port in ports.items() if port in {5672, 5432, 1025}}
+    assert clashes == {}
+    assert len(set(ports.values())) == len(ports), f"two services share a host port: {ports}"
+
+
+def env_example() -> dict[str, str]:
+    lines = (REPO_ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {name: value.strip('"') for name, value in pairs}
+
+
+def test_env_example_lists_exactly_the_variables_compose_reads() -> None:
+    interpolated = interpolated_variables(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert set(env_example()) == interpolated
+
+
+def test_env_example_gives_the_compose_defaults() -> None:
+    # Copied to .env unchanged, it must change nothing.
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert interpolate(text, env_example()) == with_defaults(text)
+
+
+def test_the_tests_use_the_compose_ports_the_environment_sets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # tests/support starts the compose broker or database when nothing answers locally; it
+    # must then connect where compose publishes them, not on a port of its own.
+    monkeypatch.delenv("RABBITMQ_AMQP_PORT", raising=False)
+    monkeypatch.delenv("POSTGRES_PORT", raising=False)
+    dotenv = tmp_path / ".env"
+    monkeypatch.setattr(compose_support, "DOTENV_FILE", dotenv)
+    defaults = default_host_ports(load_services())
+    assert urlsplit(compose_test_amqp_url()).port == defaults["rabbitmq", 5672]
+    assert urlsplit(compose_test_postgres_url()).port == defaults["postgres", 5432]
+
+    dotenv.write_text("RABBITMQ_AMQP_PORT=46672\nPOSTGRES_PORT='46432'\n")
+    assert urlsplit(compose_test_amqp_url()).port == 46672
+    assert urlsplit(compose_test_postgres_url()).port == 46432
+
+    monkeypatch.setenv("RABBITMQ_AMQP_PORT", "45672")  # the shell wins over .env, as in Compose
+    monkeypatch.setenv("POSTGRES_PORT", "45432")
+    assert urlsplit(compose_test_amqp_url()).port == 45672
+    assert urlsplit(compose_test_postgres_url()).port == 45432
