@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from email_consumer.settings import consumer_settings
 from producer_service.settings import ProducerSettings
 from shared.settings import Environment
+from tests.support.compose import app_services, load_services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -43,9 +42,9 @@ def test_the_readme_documents_no_variable_the_code_ignores() -> None:
 
 
 def test_the_readme_names_the_pinned_images() -> None:
-    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = load_services()
     pulled = [
-        service["image"] for service in compose["services"].values() if "build" not in service
+        service["image"] for name, service in services.items() if name not in app_services(services)
     ]
     base = re.search(
         r"^ARG PYTHON_IMAGE=(\S+)$",
