@@ -3,11 +3,13 @@ the services read, and it names the images docker-compose.yml and the Dockerfile
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from email_consumer.settings import consumer_settings
 from producer_service.settings import ProducerSettings
+from shared.events import parse_user_registered, serialise
 from shared.settings import Environment
 from tests.support.compose import app_services, load_services
 
@@ -61,3 +63,10 @@ def test_the_architecture_doc_names_only_files_that_exist() -> None:
     paths = set(re.findall(r"`([a-z_]+/[\w/.]*)`", text))
     assert paths, "docs/ARCHITECTURE.md names no module"
     assert sorted(path for path in paths if not (REPO_ROOT / path).exists()) == []
+
+
+def test_the_example_event_is_what_the_code_publishes() -> None:
+    architecture = README.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```json\n(.*?)```", architecture, re.DOTALL)
+    event = parse_user_registered(example.encode("utf-8"))
+    assert json.loads(serialise(event)) == json.loads(example)
