@@ -1,7 +1,7 @@
 """The broker users of docker-compose.yml can run the real commands, and only as themselves.
 
-No Docker engine runs where the tests run, so the compose stack itself cannot be started here.
-Instead this test rebuilds, in its private virtual host, what the compose broker loads from
+The default suite needs no Docker engine (tests/compose runs the stack itself, where one
+answers), so this test rebuilds, in its private virtual host, what the compose broker loads from
 docker/rabbitmq/definitions.json: the topology, declared by the operator account, and the
 users `producer` and `email_worker` with exactly the permissions the file gives them (renamed
 per test, since users are global on the shared broker) and the demo passwords that
