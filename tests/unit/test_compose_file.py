@@ -192,7 +192,10 @@ def test_the_image_is_built_once_for_every_service_that_runs_it(
 def test_every_service_others_wait_for_has_a_healthcheck(services: dict[str, Service]) -> None:
     pulled = set(services) - set(app_services(services))
     waited_for = {
-        dependency for service in services.values() for dependency in service.get("depends_on", {})
+        dependency
+        for service in services.values()
+        for dependency, rule in service.get("depends_on", {}).items()
+        if rule.get("condition") == "service_healthy"
     }
     assert waited_for, "no service waits for another"
     for name in pulled | waited_for:
@@ -210,8 +213,21 @@ def test_services_start_only_once_what_they_need_is_healthy(services: dict[str, 
             f"{name}: must wait for the broker and database"
         )
         for dependency, rule in depends_on.items():
-            assert rule.get("condition") == "service_healthy", f"{name} -> {dependency}"
+            # Our own services have no healthcheck; started is all another one can wait for.
+            wanted = (
+                "service_started" if dependency in app_services(services) else "service_healthy"
+            )
+            assert rule.get("condition") == wanted, f"{name} -> {dependency}"
     assert "mailpit" in services["worker"]["depends_on"]
+
+
+def test_a_run_before_any_up_builds_the_image(services: dict[str, Service]) -> None:
+    # `docker compose run --rm producer register ...` first thing after cloning: the producer
+    # does not build, so it must depend on the service that does (`run` starts, and so
+    # builds, the dependencies first) or it fails with "No such image".
+    [builder] = [name for name, service in services.items() if "build" in service]
+    producer = services["producer"]
+    assert "build" in producer or builder in producer.get("depends_on", {})
 
 
 # --- our services -----------------------------------------------------------------------------
