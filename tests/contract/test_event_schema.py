@@ -243,12 +243,23 @@ def test_each_deliberate_difference_is_real(
     )
 
 
+@pytest.fixture(scope="module")
+def draft7_validator(event_schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    # The AsyncAPI document reads the schema as an AsyncAPI Schema, a superset of draft-07.
+    return jsonschema.Draft7Validator(
+        event_schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
+    )
+
+
 @settings(max_examples=1500, deadline=None)
 @given(document=near_valid_documents())
 def test_the_parser_accepts_what_the_schema_accepts(
-    validator: jsonschema.protocols.Validator, document: Any
+    validator: jsonschema.protocols.Validator,
+    draft7_validator: jsonschema.protocols.Validator,
+    document: Any,
 ) -> None:
     schema_accepts = validator.is_valid(document)
+    assert draft7_validator.is_valid(document) == schema_accepts, "draft-07 reads it otherwise"
     parser_accepts = _parser_accepts(document)
     if schema_accepts == parser_accepts:
         return
