@@ -42,6 +42,7 @@ class _Behaviour:
     drop_after_storing: bool = False
     sender_reply: str | None = None
     senders_refused: int = 0
+    recipient_reply: str | None = None
     received: list[ReceivedEmail] = field(default_factory=list)
 
 
@@ -59,6 +60,17 @@ class _Handler:
                 return behaviour.sender_reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(  # noqa: N802
+        self, smtp: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self._server.lock:
+            reply = self._server.behaviour.recipient_reply
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
     async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -177,6 +189,11 @@ class SmtpTestServer:
         """Answer every MAIL FROM with `reply` (None accepts again): a server-wide refusal."""
         with self.lock:
             self.behaviour.sender_reply = reply
+
+    def refuse_recipients(self, reply: str | None = "550 5.1.1 No such user") -> None:
+        """Answer every RCPT TO with `reply` (None accepts again)."""
+        with self.lock:
+            self.behaviour.recipient_reply = reply
 
     @property
     def senders_refused(self) -> int:
