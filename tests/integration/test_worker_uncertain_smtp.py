@@ -140,3 +140,34 @@ def test_a_server_refusing_every_sender_dead_letters_nothing_and_delivers_all_on
         wait_until(lambda: "mail server accepts again" in worker.log(), what="the breaker")
     assert _copies(smtp_server) == Counter({event.event_id: 1 for event in events})
     assert dead_letters(amqp_url) == []
+
+
+def test_a_server_refusing_every_recipient_stops_dead_lettering_after_the_threshold(
+    amqp_url: str, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    # A 550 to RCPT TO looks like the recipient's fault; for every recipient alike it is not.
+    smtp_server.refuse_recipients("550 5.7.1 Relay access denied")
+    events = [new_event(f"relay{i}") for i in range(8)]
+    breaker = {"WORKER_BREAKER_THRESHOLD": "3", "WORKER_BREAKER_PROBE_S": "2"}
+    with running_worker(amqp_url, smtp_server.environment(), tmp_path, **breaker) as worker:
+        for event in events:
+            publish_event(amqp_url, event)
+        wait_until(
+            lambda: (
+                worker.log().count("event parked for a delayed retry") >= 2 * len(events)
+                or len(dead_letters(amqp_url)) == len(events)
+            ),
+            timeout_s=120,
+            what="the events to be parked or dead-lettered",
+        )
+        dead = {m.properties.message_id for m in dead_letters(amqp_url)}
+        print(f"events dead-lettered: {len(dead)} of {len(events)}")
+        assert len(dead) == 2, "only the refusals before the breaker opened (threshold - 1)"
+        assert "mail server refuses every message" in worker.log()
+
+        smtp_server.refuse_recipients(None)
+        smtp_server.wait_for(len(events) - len(dead), timeout_s=120)
+        wait_until(lambda: _queues_empty(amqp_url), what="the queues to drain")
+    expected = {event.event_id: 1 for event in events if event.event_id not in dead}
+    assert _copies(smtp_server) == Counter(expected)
+    assert {m.properties.message_id for m in dead_letters(amqp_url)} == dead
