@@ -162,6 +162,10 @@ class SmtpEmailSender:
         except smtplib.SMTPNotSupportedError as error:
             # Raised here only for what this message needs (SMTPUTF8 for a non-ASCII address).
             raise UndeliverableMessage(f"mail server cannot carry this message: {error}") from None
+        except smtplib.SMTPException as error:
+            # Nothing else is raised by the stages above (their replies are codes, their broken
+            # connections `_ConnectionLost`); kept so no smtplib error escapes this edge.
+            raise SmtpUnavailable(_describe(error, self._settings)) from None
 
     def _transmit(self, connection: smtplib.SMTP, email: RenderedEmail) -> None:
         """One SMTP transaction, stage by stage; raises the classified error of a failed stage."""
