@@ -56,6 +56,7 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
         processed=processed,
         policy=settings.retry,
         claim_lease_s=settings.worker.claim_lease_s,
+        uncertain_resend_after_s=settings.worker.uncertain_resend_after_s,
         stopping=stopping,
     )
     worker = Worker(

@@ -11,6 +11,13 @@ worker died mid-send, so it is never stuck.
 
 Claim and send are retried together; marking the event sent is retried on its own, after the
 send, so a store blip at that moment can never lead to a second claim and a second email.
+
+When the send's outcome is uncertain (the message and its final dot went out, the reply never
+came: the server may hold it), the claim is neither released nor retried: the event is recorded
+"maybe sent" and may be claimed again, once (Claim.RESEND, same rendered bytes and Message-ID, so
+a receiving system that deduplicates sees one message), no sooner than `uncertain_resend_after_s`.
+If the resend is uncertain too, the event is "maybe sent twice" and never sent again
+(Claim.MAYBE_SENT, acknowledged as a duplicate): at most two copies, whatever redelivers it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from email_consumer.errors import EventBusy
+from email_consumer.errors import EventBusy, UncertainDelivery
 from email_consumer.ports import Claim, EmailSender, ProcessedEvents, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
@@ -62,6 +69,7 @@ class WelcomeEmailHandler:
         processed: ProcessedEvents,
         policy: RetryPolicy,
         claim_lease_s: float,
+        uncertain_resend_after_s: float = 300.0,
         stopping: threading.Event | None = None,
         new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
@@ -70,6 +78,7 @@ class WelcomeEmailHandler:
         self._processed = processed
         self._new_token = new_token
         self._claim_lease_s = claim_lease_s
+        self._uncertain_resend_after_s = uncertain_resend_after_s
         # Built once: tenacity keeps each run's state per thread, so one controller serves every
         # pool thread, and building it cost more CPU than a first attempt that succeeds.
         self._retrying_send = policy.in_process(before_sleep=_log_retry, stopping=stopping)
@@ -105,15 +114,59 @@ class WelcomeEmailHandler:
             if claim is Claim.ALREADY_SENT:
                 _log.info("email already sent for this event; not sending again")
                 return None
+            if claim is Claim.MAYBE_SENT:
+                _log.warning(
+                    "email may have been sent twice already (two uncertain outcomes); "
+                    "not sending it again"
+                )
+                return None
             if claim is Claim.HELD_ELSEWHERE:
                 raise EventBusy("another delivery of this event is being processed")
+            resend = claim is Claim.RESEND
+            if resend:
+                _log.warning("resending once: an earlier send's outcome was uncertain")
             try:
                 self._sender.send(email)
+            except UncertainDelivery as error:
+                final = self._mark_uncertain(event.event_id, token)
+                raise UncertainDelivery(str(error), final=final) from None
             except BaseException:
-                self._release_quietly(event.event_id, token)
+                if resend:
+                    self._release_resend_quietly(event.event_id, token)
+                else:
+                    self._release_quietly(event.event_id, token)
                 raise
         _log.info("welcome email sent")
         return token
+
+    def _mark_uncertain(self, event_id: str, token: str) -> bool:
+        """Record "maybe sent"; whether no resend is left (True also when the store is down:
+        then the claim runs out after its lease, and a resend must not be scheduled on top)."""
+        try:
+            for attempt in self._retrying_record:
+                with attempt:
+                    final = self._processed.mark_uncertain(
+                        event_id, token, self._uncertain_resend_after_s
+                    )
+        except ServiceError as error:
+            _log.error(
+                "email may have been sent, and could not be recorded so",
+                error_type=type(error).__name__,
+                error=str(error),
+            )
+            return True
+        if final:
+            _log.warning(
+                "email may have been sent twice (the resend's outcome is uncertain too); "
+                "it will not be sent again"
+            )
+        else:
+            _log.warning(
+                "email may have been sent (no reply to the final dot); one resend, "
+                "with the same Message-ID, no sooner than resend_after_s",
+                resend_after_s=self._uncertain_resend_after_s,
+            )
+        return final
 
     def _record_sent(self, event_id: str, token: str) -> None:
         """Mark the event sent, retrying a store blip well inside the claim's lease.
@@ -132,6 +185,14 @@ class WelcomeEmailHandler:
                 error_type=type(error).__name__,
                 error=str(error),
             )
+
+    def _release_resend_quietly(self, event_id: str, token: str) -> None:
+        try:
+            self._processed.release_resend(event_id, token)
+        except ServiceError as error:
+            # The resend's claim runs out after its lease; the event then counts as "maybe sent
+            # twice" (never sent again), the safe side of the choice.
+            _log.warning("could not release the resend claim", error_type=type(error).__name__)
 
     def _release_quietly(self, event_id: str, token: str) -> None:
         try:

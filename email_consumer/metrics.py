@@ -40,6 +40,25 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self._uncertain_sends = prom.Counter(
+            "email_consumer_uncertain_sends",
+            "Sends whose outcome is uncertain: the message and its final dot went out, the "
+            "reply never came, so the mail server may have accepted it (resent at most once).",
+            registry=self.registry,
+        )
+        self._breaker_open = prom.Gauge(
+            "email_consumer_smtp_breaker_open",
+            "1 while the mail server refuses every message (dead-lettering stopped, events "
+            "parked in the retry queues and probed), 0 otherwise.",
+            registry=self.registry,
+        )
+
+    def count_uncertain_send(self) -> None:
+        self._uncertain_sends.inc()
+
+    def set_breaker_open(self, is_open: bool) -> None:
+        self._breaker_open.set(1 if is_open else 0)
+
     def count(self, outcome: str, amount: int = 1) -> None:
         if amount > 0:
             self._events.labels(outcome).inc(amount)

@@ -38,7 +38,8 @@ class EmailSender(Protocol):
     def send(self, email: RenderedEmail) -> None:
         """Hand the email to the mail server; returns once the server accepted it.
 
-        Raises `TransientError` (try again later) or `PermanentError` (never will work).
+        Raises `TransientError` (try again later), `PermanentError` (never will work), or
+        `UncertainDelivery` (the message went out but its acceptance was never confirmed).
         """
 
 
@@ -48,6 +49,11 @@ class Claim(enum.Enum):
     CLAIMED = "claimed"  # yes: you hold the event until you mark it sent or release it
     ALREADY_SENT = "already_sent"  # no: its email has been sent before
     HELD_ELSEWHERE = "held_elsewhere"  # not now: another delivery holds a live claim
+    # Yes, once more: an earlier send's outcome was uncertain (it may have been accepted), its
+    # wait is over, and this is the one resend allowed. You hold the event as with CLAIMED.
+    RESEND = "resend"
+    # No, never again: the email may have been sent twice already (two uncertain outcomes).
+    MAYBE_SENT = "maybe_sent"
 
 
 class ProcessedEvents(Protocol):
@@ -61,3 +67,15 @@ class ProcessedEvents(Protocol):
 
     def release(self, event_id: str, token: str) -> None:
         """Give up a claim after a failed send, so a retry may claim it at once."""
+
+    def release_resend(self, event_id: str, token: str) -> None:
+        """Give up a RESEND claim after a send that failed before the message went out: the
+        event stays "maybe sent once", and its resend may be claimed again at once."""
+
+    def mark_uncertain(self, event_id: str, token: str, resend_after_s: float) -> bool:
+        """Record that the email may have been sent (no reply to the final dot).
+
+        After a CLAIMED send the event may be claimed again (RESEND) in `resend_after_s`
+        seconds; after a RESEND it is "maybe sent twice" and every later claim answers
+        MAYBE_SENT. Returns True in that second case (no resend is left).
+        """

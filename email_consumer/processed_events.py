@@ -75,6 +75,55 @@ _RELEASE = _table.delete().where(
     _table.c.claim_token == sa.bindparam("p_token"),
 )
 
+# "Maybe sent" (see SqlProcessedEvents._claim_resend); String(16) holds each name.
+_UNCERTAIN = "uncertain"
+_RESENDING = "resending"
+_UNCERTAIN_FINAL = "uncertain_final"
+_MAYBE_SENT_STATES = (_UNCERTAIN, _RESENDING, _UNCERTAIN_FINAL)
+_SELECT_STATE = sa.select(_table.c.status, _table.c.lease_until).where(
+    _table.c.event_id == sa.bindparam("p_event_id")
+)
+_START_RESEND = (
+    _table.update()
+    .where(
+        _table.c.event_id == sa.bindparam("p_event_id"),
+        _table.c.status == _UNCERTAIN,
+        _table.c.lease_until <= sa.bindparam("p_now"),
+    )
+    .values(
+        status=_RESENDING,
+        claim_token=sa.bindparam("p_token"),
+        lease_until=sa.bindparam("p_lease_until"),
+    )
+)
+_FIRST_UNCERTAIN = (
+    _table.update()
+    .where(
+        _table.c.event_id == sa.bindparam("p_event_id"),
+        _table.c.status == _CLAIMED,
+        _table.c.claim_token == sa.bindparam("p_token"),
+    )
+    .values(status=_UNCERTAIN, claim_token=None, lease_until=sa.bindparam("p_resend_at"))
+)
+_SECOND_UNCERTAIN = (
+    _table.update()
+    .where(
+        _table.c.event_id == sa.bindparam("p_event_id"),
+        _table.c.status == _RESENDING,
+        _table.c.claim_token == sa.bindparam("p_token"),
+    )
+    .values(status=_UNCERTAIN_FINAL, claim_token=None, lease_until=None)
+)
+_RELEASE_RESEND = (
+    _table.update()
+    .where(
+        _table.c.event_id == sa.bindparam("p_event_id"),
+        _table.c.status == _RESENDING,
+        _table.c.claim_token == sa.bindparam("p_token"),
+    )
+    .values(status=_UNCERTAIN, claim_token=None, lease_until=sa.bindparam("p_now"))
+)
+
 
 class SqlProcessedEvents:
     """Claims and records processed events in a SQL database."""
@@ -152,6 +201,8 @@ class SqlProcessedEvents:
             ).scalar_one_or_none()
         if status == _SENT:
             return Claim.ALREADY_SENT
+        if status in _MAYBE_SENT_STATES:
+            return self._claim_resend(event_id, token, now, lease_until)
         if status is None and rounds > 1:
             # Released between our INSERT and SELECT: free again, so try once more.
             return self._claim(event_id, token, now, lease_until, rounds=rounds - 1)
@@ -168,6 +219,52 @@ class SqlProcessedEvents:
         try:
             with self._transaction() as connection:
                 connection.execute(_RELEASE, {"p_event_id": event_id, "p_token": token})
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+
+    # -- "maybe sent": the reply to the final dot never came -------------------------------
+    # States: UNCERTAIN (maybe sent once; `lease_until` is when its one resend may start),
+    # RESENDING (the resend's claim; `lease_until` is its lease), UNCERTAIN_FINAL (maybe sent
+    # twice: never again). A RESENDING claim whose lease ran out counts as UNCERTAIN_FINAL: its
+    # worker died mid-resend, which may have delivered the second copy.
+
+    def _claim_resend(self, event_id: str, token: str, now: float, lease_until: float) -> Claim:
+        params = {"p_event_id": event_id, "p_token": token, "p_lease_until": lease_until}
+        with self._transaction() as connection:
+            if connection.execute(_START_RESEND, {**params, "p_now": now}).rowcount == 1:
+                return Claim.RESEND
+            row = connection.execute(_SELECT_STATE, {"p_event_id": event_id}).one_or_none()
+        if row is None:
+            return self._claim(event_id, token, now, lease_until, rounds=1)
+        status, until = row
+        if status == _SENT:
+            return Claim.ALREADY_SENT
+        if status == _UNCERTAIN_FINAL or (status == _RESENDING and until < now):
+            return Claim.MAYBE_SENT
+        return Claim.HELD_ELSEWHERE
+
+    def mark_uncertain(self, event_id: str, token: str, resend_after_s: float) -> bool:
+        params = {
+            "p_event_id": event_id,
+            "p_token": token,
+            "p_resend_at": self._clock() + resend_after_s,
+        }
+        try:
+            with self._transaction() as connection:
+                if connection.execute(_FIRST_UNCERTAIN, params).rowcount == 1:
+                    return False
+                connection.execute(_SECOND_UNCERTAIN, params)
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
+        # After the resend, or the claim was lost: either way no resend is left.
+        return True
+
+    def release_resend(self, event_id: str, token: str) -> None:
+        try:
+            with self._transaction() as connection:
+                connection.execute(
+                    _RELEASE_RESEND, {"p_event_id": event_id, "p_token": token, "p_now": 0.0}
+                )
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 

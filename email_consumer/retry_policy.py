@@ -12,6 +12,13 @@ Three stages, in order:
    broker puts it back on the main queue when the delay expires. Longer outages need no worker
    thread and no unacknowledged delivery.
 3. The dead-letter queue: when every delay is used, or at once for a permanent error.
+
+Two cases wait without using up a retry (`park`): an event held by another delivery, and every
+event while the mail server refuses everyone (the breaker, breaker.py). And one case has its own
+rule (`after_uncertain`): when the email may have been sent (no reply to the final dot), it is
+never retried in process; it is parked once, for at least WORKER_UNCERTAIN_RESEND_AFTER_S, for
+its one resend; after an uncertain resend it goes to the DLQ (reason `uncertain`), and is never
+sent again, not even by a replay (the processed-events record says "maybe sent twice").
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class RetryLater:
 PERMANENT = "permanent"
 RETRIES_EXHAUSTED = "retries-exhausted"
 MALFORMED = "malformed"
+UNCERTAIN = "uncertain"
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,21 @@ class RetryPolicy:
         if broker_retries_done < len(self.broker_delays_s):
             return RetryLater(self.broker_delays_s[broker_retries_done])
         return DeadLetter(RETRIES_EXHAUSTED)
+
+    def park(self, *, at_least_s: float = 0.0, otherwise: str = RETRIES_EXHAUSTED) -> Decision:
+        """Wait without using up a retry: the shortest retry queue of at least `at_least_s`
+        (the longest if none is that long); `DeadLetter(otherwise)` when there are no queues."""
+        if not self.broker_delays_s:
+            return DeadLetter(otherwise)
+        long_enough = [delay for delay in self.broker_delays_s if delay >= at_least_s]
+        delay = min(long_enough) if long_enough else max(self.broker_delays_s)
+        return RetryLater(delay, counts_as_retry=False)
+
+    def after_uncertain(self, *, final: bool, resend_after_s: float) -> Decision:
+        """Where an event goes when its email may have been sent (see the module's docstring)."""
+        if final:
+            return DeadLetter(UNCERTAIN)
+        return self.park(at_least_s=resend_after_s, otherwise=UNCERTAIN)
 
 
 def _interruptible_sleep(stopping: threading.Event) -> Callable[[float], None]:

@@ -6,10 +6,14 @@ The worker's own (with defaults):
 
 | variable | default | meaning |
 | --- | --- | --- |
+| SMTP_FINAL_REPLY_TIMEOUT_S | 600 | wait for the reply to the final dot (RFC 5321 §4.5.3.2.6) |
+| WORKER_UNCERTAIN_RESEND_AFTER_S | longest RETRY_DELAYS_S | wait before the one resend (***) |
+| WORKER_BREAKER_THRESHOLD | 5 | refused recipients in a row (all different) that open the breaker |
+| WORKER_BREAKER_PROBE_S | 30 | while open: one event tried per this many seconds, others parked |
 | WORKER_CONCURRENCY | 4 | emails sent at once: SMTP connections (2 threads per connection) |
 | WORKER_PREFETCH | = 3 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
 | WORKER_SHUTDOWN_TIMEOUT_S | 30 | on SIGTERM, how long in-flight events may finish |
-| WORKER_CLAIM_LEASE_S | 300 | how long one delivery holds an event before another may (*) |
+| WORKER_CLAIM_LEASE_S | 900 | how long one delivery holds an event before another may (*) |
 | WORKER_RECONNECT_MAX_DELAY_S | 30 | cap of the growing delay between reconnection attempts |
 | RETRY_ATTEMPTS | 4 | in-process attempts per delivery (tenacity) |
 | RETRY_INITIAL_BACKOFF_S | 0.5 | first in-process backoff, doubled each retry, plus jitter |
@@ -20,10 +24,13 @@ The worker's own (with defaults):
 | METRICS_PORT | 0 | Prometheus endpoint port; 0 turns it off |
 | METRICS_ADDRESS | 0.0.0.0 | listening address (all: Prometheus scrapes containers) |
 
-(*) At least 12 x SMTP_TIMEOUT_S: one send is about ten socket operations (connect, greeting,
-EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, the message, its reply), each bounded by the timeout, and
-a lease that ended mid-send would let a second worker send too.
+(*) At least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S: one send is about ten socket
+operations (connect, greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, the message), each bounded
+by the timeout, then the reply to the final dot, bounded by its own; a lease that ended mid-send
+would let a second worker send too.
 (**) A redelivery or replay of an event older than this would send its email again.
+(***) When the reply to the final dot never came, the email may have been sent: the event is
+recorded "maybe sent" and resent once, no sooner than this, then never again (handler.py).
 
 SMTP_USERNAME with SMTP_STARTTLS=false is refused unless SMTP_HOST is a loopback address: the
 password would otherwise cross the network in clear text.
@@ -52,8 +59,13 @@ from shared.topology import DEFAULT_RETRY_DELAYS_S
 
 DEFAULT_MAIL_FROM = "Example <welcome@example.com>"
 DEFAULT_PROCESSED_RETENTION_S = 30 * 24 * 3600.0
-# Socket operations of one send, plus margin; see (*) above.
-SEND_OPERATIONS_PER_LEASE = 12
+# Socket operations of one send before the final dot, plus margin; see (*) above.
+SEND_OPERATIONS_PER_LEASE = 11
+# RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes".
+DEFAULT_FINAL_REPLY_TIMEOUT_S = 600.0
+DEFAULT_CLAIM_LEASE_S = 900.0
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_PROBE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,8 @@ class SmtpSettings:
     password: str
     starttls: bool
     timeout_s: float
+    """Every SMTP operation but the wait for the reply to the final dot."""
+    final_reply_timeout_s: float = DEFAULT_FINAL_REPLY_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,9 @@ class WorkerSettings:
     claim_lease_s: float
     reconnect_max_delay_s: float
     processed_retention_s: float
+    uncertain_resend_after_s: float = 300.0
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_probe_s: float = DEFAULT_BREAKER_PROBE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +132,24 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
         password=env.secret("SMTP_PASSWORD"),
         starttls=env.boolean("SMTP_STARTTLS", False),
         timeout_s=env.number("SMTP_TIMEOUT_S", 10.0, minimum=0.1),
+        final_reply_timeout_s=env.number(
+            "SMTP_FINAL_REPLY_TIMEOUT_S", DEFAULT_FINAL_REPLY_TIMEOUT_S, minimum=0.1
+        ),
     )
+    if smtp.final_reply_timeout_s < smtp.timeout_s:
+        raise ConfigError(
+            f"SMTP_FINAL_REPLY_TIMEOUT_S ({smtp.final_reply_timeout_s:g}) must be at least "
+            f"SMTP_TIMEOUT_S ({smtp.timeout_s:g}): the server stores the message before it "
+            "answers the final dot"
+        )
     _refuse_cleartext_login(smtp)
-    claim_lease_s = env.number("WORKER_CLAIM_LEASE_S", 300.0, minimum=1.0)
-    longest_send_s = SEND_OPERATIONS_PER_LEASE * smtp.timeout_s
+    claim_lease_s = env.number("WORKER_CLAIM_LEASE_S", DEFAULT_CLAIM_LEASE_S, minimum=1.0)
+    longest_send_s = SEND_OPERATIONS_PER_LEASE * smtp.timeout_s + smtp.final_reply_timeout_s
     if claim_lease_s < longest_send_s:
         raise ConfigError(
             f"WORKER_CLAIM_LEASE_S ({claim_lease_s:g}) must be at least "
-            f"{SEND_OPERATIONS_PER_LEASE} x SMTP_TIMEOUT_S ({longest_send_s:g}): a claim must "
-            "outlast the send it protects"
+            f"{SEND_OPERATIONS_PER_LEASE} x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S "
+            f"({longest_send_s:g}): a claim must outlast the send it protects"
         )
     return ConsumerSettings(
         broker=broker_settings(env),
@@ -143,6 +169,17 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
             reconnect_max_delay_s=env.number("WORKER_RECONNECT_MAX_DELAY_S", 30.0, minimum=0.1),
             processed_retention_s=env.number(
                 "WORKER_PROCESSED_RETENTION_S", DEFAULT_PROCESSED_RETENTION_S, minimum=1.0
+            ),
+            uncertain_resend_after_s=env.number(
+                "WORKER_UNCERTAIN_RESEND_AFTER_S",
+                float(max(retry.broker_delays_s, default=300)),
+                minimum=0.0,
+            ),
+            breaker_threshold=env.integer(
+                "WORKER_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD, minimum=1
+            ),
+            breaker_probe_s=env.number(
+                "WORKER_BREAKER_PROBE_S", DEFAULT_BREAKER_PROBE_S, minimum=0.1
             ),
         ),
         retry=retry,

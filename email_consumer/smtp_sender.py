@@ -8,47 +8,73 @@ are not thread-safe; a connection is used by one send at a time. The handler tak
 (`reserved`) before it claims an event, so the claim's lease never covers a wait for one.
 
 A broken or stale connection is dropped and reopened: one idle for a few seconds is checked
-with NOOP before use (servers close idle sessions), and one that breaks under a send is
-reopened once and the send tried again on the fresh one. A NOOP before every email would cost a
-round trip each. The email arrives already serialised (`RenderedEmail`) and goes out as those
-very bytes.
+with NOOP before use (servers close idle sessions), and one that breaks at its first command
+(MAIL FROM, before anything of the message went out) is reopened once and the send tried again
+on the fresh one. A NOOP before every email would cost a round trip each. The email arrives
+already serialised (`RenderedEmail`) and goes out as those very bytes.
 
-Every smtplib and socket error is wrapped at this edge, and the edge tells two phases apart:
+The transaction is driven stage by stage (MAIL, RCPT, DATA, the message, the reply to its final
+dot) rather than through `sendmail`, so every failure is known by its stage, and each stage has
+its timeout (RFC 5321 §4.5.3.2): the reply to the final dot is waited for up to
+SMTP_FINAL_REPLY_TIMEOUT_S (10 minutes by default, the RFC's figure), every other operation up
+to SMTP_TIMEOUT_S. The RFC's minutes for the other stages are not needed here: a failure before
+the final dot cannot have delivered anything, so a short timeout there costs a retry, never a
+second copy. After the final dot it would: a server that stores the message and answers late
+(or never) leaves the outcome uncertain.
+
+Every smtplib and socket error is wrapped at this edge (`smtp_replies.py` decides what a reply
+means, by stage and code):
 
 * Opening the session (connect, greeting, EHLO, STARTTLS, AUTH): whatever fails there fails for
   every message alike, so it is never a verdict on this message. Connection errors and timeouts
   become `SmtpUnavailable`, refusals (a 554 greeting, AUTH 535, STARTTLS missing) become
   `SmtpSessionRefused`, both transient, so a misconfiguration parks events in the retry queues
   instead of dead-lettering the whole queue. Refusals are logged as configuration problems.
-* Sending this message (MAIL, RCPT, DATA): 4xx replies are transient, 5xx permanent.
+* The transaction: 4xx replies are transient; a 5xx to MAIL FROM or DATA (or naming
+  authentication) is `SmtpSenderRefused`, a server refusal like the above; a 5xx to RCPT TO or
+  to the final dot is `SmtpRejected`, permanent for this recipient.
+* No reply to the final dot (timeout, dropped connection): `UncertainDelivery`, never resent
+  here, on this connection or another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from email_consumer.errors import (
-    SmtpRejected,
     SmtpSessionRefused,
-    SmtpTemporarilyRefused,
     SmtpUnavailable,
     UndeliverableMessage,
 )
 from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
+from email_consumer.smtp_replies import Stage, no_reply, reply_error
 from shared.logging import get_logger
 
 _log = get_logger(__name__)
+_T = TypeVar("_T")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 # After this long unused, a connection is checked with NOOP before the next email. Servers drop
 # idle sessions after tens of seconds or more, so a busy worker skips the round trip.
 IDLE_CHECK_AFTER_S = 5.0
+
+
+class _ConnectionLost(Exception):
+    """The connection broke (or timed out) before `stage` had its reply; internal to this module."""
+
+    def __init__(self, stage: Stage, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.stage = stage
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -121,37 +147,59 @@ class SmtpEmailSender:
         try:
             try:
                 self._transmit(pooled.connection, email)
-            except (smtplib.SMTPServerDisconnected, ConnectionError):
-                if not reused:
-                    raise  # a fresh connection broke: the server is in trouble, not the session
+            except _ConnectionLost as lost:
+                if not reused or lost.stage is not Stage.MAIL:
+                    raise
                 # A reused connection the server had closed (idle timeout, restart) fails at its
-                # first command, before the message went out, so one fresh connection retries.
-                # Breaking later, mid-message, is the at-least-once case any retry has.
+                # first command, before anything of the message went out, so one fresh
+                # connection retries. Breaking at any later stage is not retried here: after the
+                # final dot the message may have been accepted (`UncertainDelivery`).
                 self._discard(pooled.connection)
                 pooled.connection = self._session()
                 self._transmit(pooled.connection, email)
-        except smtplib.SMTPRecipientsRefused as error:
-            code, text = _first_reply(error.recipients)
-            raise _reply_error(code, text) from None
-        except smtplib.SMTPResponseException as error:
-            raise _reply_error(error.smtp_code, _decode(error.smtp_error)) from None
+        except _ConnectionLost as lost:
+            raise no_reply(lost.stage, _describe(lost.error, self._settings)) from None
         except smtplib.SMTPNotSupportedError as error:
             # Raised here only for what this message needs (SMTPUTF8 for a non-ASCII address).
             raise UndeliverableMessage(f"mail server cannot carry this message: {error}") from None
-        except (smtplib.SMTPException, OSError) as error:
-            # OSError covers refused and reset connections and socket timeouts.
+        except smtplib.SMTPException as error:
+            # Nothing else is raised by the stages above (their replies are codes, their broken
+            # connections `_ConnectionLost`); kept so no smtplib error escapes this edge.
             raise SmtpUnavailable(_describe(error, self._settings)) from None
 
     def _transmit(self, connection: smtplib.SMTP, email: RenderedEmail) -> None:
+        """One SMTP transaction, stage by stage; raises the classified error of a failed stage."""
         # SMTPUTF8 only when an address needs it; `mail` raises SMTPNotSupportedError if the
-        # server lacks it (as `send_message` did), which `send` maps to UndeliverableMessage.
+        # server lacks it, which `_send_on` maps to UndeliverableMessage.
         international = not (email.envelope_from.isascii() and email.envelope_to.isascii())
-        connection.sendmail(
-            email.envelope_from,
-            [email.envelope_to],
-            email.data,
-            mail_options=["SMTPUTF8"] if international else [],
-        )
+        options = ["SMTPUTF8"] if international else []
+        code, reply = _command(Stage.MAIL, lambda: connection.mail(email.envelope_from, options))
+        if code != 250:
+            raise reply_error(Stage.MAIL, code, _decode(reply))
+        code, reply = _command(Stage.RCPT, lambda: connection.rcpt(email.envelope_to))
+        if code not in (250, 251):
+            raise reply_error(Stage.RCPT, code, _decode(reply))
+        code, reply = _command(Stage.DATA, lambda: _data_command(connection))
+        if code != 354:
+            raise reply_error(Stage.DATA, code, _decode(reply))
+        # Until every byte of the data block, final dot included, is written, the server cannot
+        # hold the message: a failure here is an ordinary transient one.
+        _command(Stage.DATA, lambda: connection.send(_data_block(email.data)))
+        code, reply = self._final_reply(connection)
+        if not 200 <= code < 300:
+            raise reply_error(Stage.CONTENT, code, _decode(reply))
+
+    def _final_reply(self, connection: smtplib.SMTP) -> tuple[int, bytes]:
+        """The reply to the final dot, waited for up to SMTP_FINAL_REPLY_TIMEOUT_S."""
+        sock = connection.sock
+        if sock is None:
+            raise _ConnectionLost(Stage.CONTENT, smtplib.SMTPServerDisconnected("not connected"))
+        sock.settimeout(self._settings.final_reply_timeout_s)
+        try:
+            return _command(Stage.CONTENT, connection.getreply)
+        finally:
+            if connection.sock is not None:
+                connection.sock.settimeout(self._settings.timeout_s)
 
     def close_all(self) -> None:
         """Say QUIT on every connection; for shutdown, once the worker's pool is idle."""
@@ -219,6 +267,8 @@ class SmtpEmailSender:
                 connection.starttls(context=ssl.create_default_context())
             if settings.username:
                 connection.login(settings.username, settings.password)
+            # EHLO (again after STARTTLS) here, so its refusal counts as the session's.
+            connection.ehlo_or_helo_if_needed()
         except BaseException:
             connection.close()
             raise
@@ -238,19 +288,27 @@ def _quit_quietly(connection: smtplib.SMTP) -> None:
         connection.close()
 
 
-def _reply_error(code: int, text: str) -> SmtpRejected | SmtpTemporarilyRefused:
-    if 400 <= code < 500:
-        return SmtpTemporarilyRefused(code, text)
-    if code >= 500:
-        return SmtpRejected(code, text)
-    # smtplib uses -1 for "no valid reply": the session broke, a transient condition.
-    return SmtpTemporarilyRefused(code, text or "no valid reply from the mail server")
+def _command(stage: Stage, call: Callable[[], _T]) -> _T:
+    """Run one SMTP operation; a broken or timed-out connection becomes `_ConnectionLost`."""
+    try:
+        return call()
+    except (smtplib.SMTPServerDisconnected, OSError) as error:
+        # smtplib reports a socket timeout or reset while reading a reply as "disconnected".
+        raise _ConnectionLost(stage, error) from None
 
 
-def _first_reply(recipients: dict[str, tuple[int, bytes]]) -> tuple[int, str]:
-    for code, text in recipients.values():
-        return code, _decode(text)
-    return -1, "recipient refused"
+def _data_command(connection: smtplib.SMTP) -> tuple[int, bytes]:
+    connection.putcmd("data")
+    return connection.getreply()
+
+
+def _data_block(data: bytes) -> bytes:
+    """The message as the DATA stage carries it: leading dots doubled, CRLF, then the final dot
+    (RFC 5321 §4.5.2), as `smtplib.SMTP.data` writes it."""
+    block = _LEADING_DOT.sub(b"..", data)
+    if not block.endswith(b"\r\n"):
+        block += b"\r\n"
+    return block + b".\r\n"
 
 
 def _decode(text: bytes | str) -> str:

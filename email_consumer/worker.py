@@ -38,11 +38,18 @@ import pika
 import pika.exceptions
 
 from email_consumer import failure_headers, retry_policy
+from email_consumer.breaker import BreakerState, DeadLetterBreaker, Transition
 from email_consumer.connections import CONNECTION_ERRORS, close_quietly, copy_with_headers
-from email_consumer.errors import EventBusy
+from email_consumer.errors import (
+    DeliveryPaused,
+    EventBusy,
+    ServerRefused,
+    SmtpRejected,
+    UncertainDelivery,
+)
 from email_consumer.handler import Outcome, WelcomeEmailHandler
 from email_consumer.metrics import WorkerMetrics
-from email_consumer.retry_policy import DeadLetter, RetryLater, RetryPolicy
+from email_consumer.retry_policy import DeadLetter, Decision, RetryLater, RetryPolicy
 from email_consumer.settings import WorkerSettings
 from shared import topology
 from shared.amqp import BrokerUnavailable, mask_url, open_connection
@@ -111,6 +118,7 @@ class Worker:
         host: str | None = None,
         housekeeping: Callable[[], None] | None = None,
         housekeeping_interval_s: float = 3600.0,
+        breaker: DeadLetterBreaker | None = None,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -129,6 +137,10 @@ class Worker:
         self._housekeeping_interval_s = housekeeping_interval_s
         self._next_housekeeping = 0.0  # at start-up first
         self._housekeeping_running: Future[None] | None = None
+        self._breaker = breaker or DeadLetterBreaker(
+            threshold=settings.breaker_threshold, probe_interval_s=settings.breaker_probe_s
+        )
+        self._metrics.set_breaker_open(self._breaker.is_open)
 
     def run(self) -> None:
         """Serve until `stopping` is set, then drain in-flight work; returns normally."""
@@ -354,22 +366,74 @@ class Worker:
     def _handle(
         self, event: UserRegistered, routing_key: str, properties: pika.BasicProperties
     ) -> _Action:
+        if not self._breaker.allow_attempt():
+            paused = DeliveryPaused("the mail server refuses every message; waiting for it")
+            return self._park(routing_key, properties, paused, 0)
         result = self._handler.handle(event)
         self._metrics.count("retried", result.attempts - 1)
         if result.outcome is Outcome.SENT:
             self._metrics.count("sent")
             self._metrics.observe_delivered(event.occurred_at)
+            self._breaker_moved(self._breaker.record_delivered())
             return _Ack()
         if result.outcome is Outcome.DUPLICATE:
             self._metrics.count("duplicate")
             return _Ack()
-        assert result.error is not None
+        error = result.error
+        assert error is not None
+        if isinstance(error, UncertainDelivery):
+            # Never back to the queue at once, even when stopping: that would resend at once.
+            self._metrics.count_uncertain_send()
+            decision = self._policy.after_uncertain(
+                final=error.final, resend_after_s=self._settings.uncertain_resend_after_s
+            )
+            return self._settle_decision(routing_key, properties, error, result.attempts, decision)
+        if self._refusal_parks(event, error):
+            return self._park(routing_key, properties, error, result.attempts)
         if self._stopping.is_set() and not result.permanent:
             _log.info("shutting down: handing the event back to the queue")
             return _HandBack()
         return self._after_failure(
-            routing_key, properties, result.error, result.attempts, permanent=result.permanent
+            routing_key, properties, error, result.attempts, permanent=result.permanent
         )
+
+    def _refusal_parks(self, event: UserRegistered, error: BaseException) -> bool:
+        """Feed a refusal to the breaker; whether the event must wait instead of failing."""
+        if isinstance(error, ServerRefused):
+            self._breaker_moved(self._breaker.record_server_refusal(str(error)))
+            return True  # a refusal of the server never uses up a retry, breaker or not
+        if isinstance(error, SmtpRejected):
+            self._breaker_moved(
+                self._breaker.record_recipient_refusal(event.data.email, str(error))
+            )
+            return self._breaker.is_open
+        return False
+
+    def _breaker_moved(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        self._metrics.set_breaker_open(transition.state is BreakerState.OPEN)
+        if transition.state is BreakerState.OPEN:
+            _log.error(
+                "mail server refuses every message: dead-lettering stopped, events parked in "
+                "the retry queues and one tried every probe_s until it accepts again; check "
+                "SMTP_HOST, SMTP_USERNAME, SMTP_PASSWORD, MAIL_FROM and the server",
+                reason=transition.reason,
+                probe_s=self._settings.breaker_probe_s,
+            )
+        else:
+            _log.warning("mail server accepts again: delivery and dead-lettering resumed")
+
+    def _park(
+        self,
+        routing_key: str,
+        properties: pika.BasicProperties,
+        error: BaseException,
+        attempts: int,
+    ) -> _Action:
+        """Wait in a retry queue for the breaker's next probe, using up no retry."""
+        decision = self._policy.park(at_least_s=self._settings.breaker_probe_s)
+        return self._settle_decision(routing_key, properties, error, attempts, decision)
 
     def _after_failure(
         self,
@@ -386,10 +450,20 @@ class Worker:
             broker_retries_done=failure_headers.as_int(headers, failure_headers.RETRY_COUNT),
             busy=isinstance(error, EventBusy),
         )
+        return self._settle_decision(routing_key, properties, error, attempts, decision)
+
+    def _settle_decision(
+        self,
+        routing_key: str,
+        properties: pika.BasicProperties,
+        error: BaseException,
+        attempts: int,
+        decision: Decision,
+    ) -> _Action:
         if isinstance(decision, RetryLater):
             queue = topology.retry_queue_name(decision.delay_s)
             new_headers = failure_headers.after_failure(
-                headers,
+                properties.headers or {},
                 error=error,
                 attempts=attempts,
                 now=datetime.now(UTC),

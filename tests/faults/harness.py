@@ -120,6 +120,7 @@ class Stack:
                 **self.smtp.environment(),
                 # The worker wants its claim lease to outlast several SMTP timeouts (it checks).
                 "SMTP_TIMEOUT_S": "1",
+                "SMTP_FINAL_REPLY_TIMEOUT_S": "1",
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "RELAY_POLL_INTERVAL_S": "0.2",

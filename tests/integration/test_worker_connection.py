@@ -27,7 +27,8 @@ def test_heartbeats_keep_flowing_while_smtp_stalls(
         tmp_path,
         AMQP_HEARTBEAT_S="2",
         SMTP_TIMEOUT_S="30",
-        WORKER_CLAIM_LEASE_S="360",  # at least 12 x SMTP_TIMEOUT_S
+        SMTP_FINAL_REPLY_TIMEOUT_S="30",
+        WORKER_CLAIM_LEASE_S="360",  # at least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S
     ) as worker:
         publish_event(amqp_url, event)
         [email] = smtp_server.wait_for(1, timeout_s=60)
@@ -58,7 +59,8 @@ def test_the_worker_resumes_after_its_connection_is_closed_and_delivers_each_eve
         smtp_server.environment(),
         tmp_path,
         SMTP_TIMEOUT_S="30",
-        WORKER_CLAIM_LEASE_S="360",  # at least 12 x SMTP_TIMEOUT_S
+        SMTP_FINAL_REPLY_TIMEOUT_S="30",
+        WORKER_CLAIM_LEASE_S="360",  # at least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S
     ) as worker:
         for event in before:
             publish_event(amqp_url, event)
@@ -107,7 +109,8 @@ def test_work_still_running_at_the_shutdown_timeout_is_handed_back_and_never_sen
         smtp_server.environment(),
         tmp_path,
         SMTP_TIMEOUT_S="30",
-        WORKER_CLAIM_LEASE_S="360",  # at least 12 x SMTP_TIMEOUT_S
+        SMTP_FINAL_REPLY_TIMEOUT_S="30",
+        WORKER_CLAIM_LEASE_S="360",  # at least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S
         WORKER_SHUTDOWN_TIMEOUT_S="0.5",
     ) as worker:
         publish_event(amqp_url, event)

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from email_consumer.errors import (
+    ServerRefused,
     SmtpRejected,
+    SmtpSenderRefused,
     SmtpSessionRefused,
     SmtpTemporarilyRefused,
     SmtpUnavailable,
+    UncertainDelivery,
 )
 from email_consumer.ports import RenderedEmail
 from email_consumer.settings import SmtpSettings
@@ -152,10 +155,70 @@ def test_a_refused_connection_is_transient() -> None:
         SmtpEmailSender(_settings(server)).send(_message())
 
 
-def test_a_server_that_stalls_past_the_timeout_is_transient(smtp_server: SmtpTestServer) -> None:
-    smtp_server.stall(3)
-    with pytest.raises(SmtpUnavailable):
-        SmtpEmailSender(_settings(smtp_server, timeout_s=0.5)).send(_message())
+def test_a_server_that_stalls_past_the_final_reply_timeout_may_have_the_message(
+    smtp_server: SmtpTestServer,
+) -> None:
+    smtp_server.stall(3)  # before answering the final dot
+    settings = _settings(smtp_server, timeout_s=0.5, final_reply_timeout_s=0.5)
+    with pytest.raises(UncertainDelivery, match="may have accepted"):
+        SmtpEmailSender(settings).send(_message())
+
+
+def test_a_reply_to_the_final_dot_past_the_command_timeout_is_waited_for(
+    smtp_server: SmtpTestServer,
+) -> None:
+    # RFC 5321 §4.5.3.2.6: the server may take minutes to answer the final dot; giving up
+    # after the command timeout made the worker send the stored message again.
+    smtp_server.reply_late(1.5)
+    settings = _settings(smtp_server, timeout_s=0.5, final_reply_timeout_s=10)
+    SmtpEmailSender(settings).send(_message())
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_reused_connection_dropped_after_the_dot_is_not_resent_on_a_fresh_one(
+    smtp_server: SmtpTestServer,
+) -> None:
+    sender = SmtpEmailSender(_settings(smtp_server))
+    sender.send(_message())  # leaves the connection idle in the pool
+    smtp_server.drop_after_storing()
+    with pytest.raises(UncertainDelivery):
+        sender.send(_message())
+    # The second message was stored once; before the fix the pool sent it again at once.
+    assert len(smtp_server.messages) == 2
+    assert sender.connections_opened == 1
+
+
+def test_a_530_to_mail_from_is_a_server_refusal_never_a_verdict_on_the_recipient(
+    smtp_server: SmtpTestServer,
+) -> None:
+    smtp_server.refuse_sender("530 5.7.0 Authentication required")
+    with pytest.raises(SmtpSenderRefused, match="530") as refused:
+        SmtpEmailSender(_settings(smtp_server)).send(_message())
+    assert isinstance(refused.value, ServerRefused)
+    assert isinstance(refused.value, TransientError)
+    assert refused.value.code == 530
+    assert smtp_server.messages == []
+
+
+def test_a_550_to_rcpt_to_is_permanent_for_that_recipient(smtp_server: SmtpTestServer) -> None:
+    smtp_server.refuse_recipients("550 5.1.1 No such user")
+    with pytest.raises(SmtpRejected, match="No such user") as refused:
+        SmtpEmailSender(_settings(smtp_server)).send(_message())
+    assert refused.value.code == 550
+
+
+def test_a_530_to_rcpt_to_is_a_server_refusal(smtp_server: SmtpTestServer) -> None:
+    smtp_server.refuse_recipients("530 5.7.0 Authentication required")
+    with pytest.raises(SmtpSenderRefused):
+        SmtpEmailSender(_settings(smtp_server)).send(_message())
+
+
+def test_a_message_with_leading_dots_arrives_unchanged(smtp_server: SmtpTestServer) -> None:
+    email = _message()
+    body = email.data.replace(b"hello", b".hello\r\n..two dots\r\n.")
+    sender = SmtpEmailSender(_settings(smtp_server))
+    sender.send(dataclasses.replace(email, data=body))
+    assert smtp_server.messages[0].raw.replace(b"\r\n", b"\n") == body.replace(b"\r\n", b"\n")
 
 
 def test_a_restarted_server_is_reconnected_to(smtp_server: SmtpTestServer) -> None:

@@ -1,8 +1,9 @@
 """A real SMTP server for tests (aiosmtpd, in process) that can be told to misbehave.
 
 It records every accepted message and can answer 4xx a given number of times, refuse with 5xx,
-stall before answering, take a fixed time per message (a remote mail server), or go down and
-come back on the same port.
+stall before answering, take a fixed time per message (a remote mail server), store a message
+and then answer late or drop the connection (an uncertain outcome for the client), refuse the
+sender (a server that wants a login), or go down and come back on the same port.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class _Behaviour:
     permanent_reply: str | None = None
     stall_s: float = 0.0
     latency_s: float = 0.0
+    reply_late_s: float = 0.0
+    drop_after_storing: bool = False
+    sender_reply: str | None = None
+    senders_refused: int = 0
+    recipient_reply: str | None = None
     received: list[ReceivedEmail] = field(default_factory=list)
 
 
@@ -44,10 +50,34 @@ class _Handler:
     def __init__(self, server: SmtpTestServer) -> None:
         self._server = server
 
+    async def handle_MAIL(  # noqa: N802
+        self, smtp: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        behaviour = self._server.behaviour
+        with self._server.lock:
+            if behaviour.sender_reply is not None:
+                behaviour.senders_refused += 1
+                return behaviour.sender_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(  # noqa: N802
+        self, smtp: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self._server.lock:
+            reply = self._server.behaviour.recipient_reply
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         behaviour = self._server.behaviour
         with self._server.lock:
             stall, latency = behaviour.stall_s, behaviour.latency_s
+            reply_late_s, drop = behaviour.reply_late_s, behaviour.drop_after_storing
             if behaviour.permanent_reply is not None:
                 return behaviour.permanent_reply
             if behaviour.transient_failures_left > 0:
@@ -70,6 +100,11 @@ class _Handler:
         with self._server.lock:
             behaviour.received.append(received)
             self._server.arrived.notify_all()
+        if drop:
+            # Stored, but the client never hears it: the connection goes before the reply.
+            smtp.transport.abort()
+        if reply_late_s:
+            await asyncio.sleep(reply_late_s)
         return "250 2.0.0 OK"
 
 
@@ -139,6 +174,32 @@ class SmtpTestServer:
         """Take this long to accept each message (a remote mail server)."""
         with self.lock:
             self.behaviour.latency_s = seconds
+
+    def reply_late(self, seconds: float) -> None:
+        """Store each message at once but answer its final dot only `seconds` later."""
+        with self.lock:
+            self.behaviour.reply_late_s = seconds
+
+    def drop_after_storing(self, drop: bool = True) -> None:
+        """Store each message, then drop the connection instead of answering its final dot."""
+        with self.lock:
+            self.behaviour.drop_after_storing = drop
+
+    def refuse_sender(self, reply: str | None = "530 5.7.0 Authentication required") -> None:
+        """Answer every MAIL FROM with `reply` (None accepts again): a server-wide refusal."""
+        with self.lock:
+            self.behaviour.sender_reply = reply
+
+    def refuse_recipients(self, reply: str | None = "550 5.1.1 No such user") -> None:
+        """Answer every RCPT TO with `reply` (None accepts again)."""
+        with self.lock:
+            self.behaviour.recipient_reply = reply
+
+    @property
+    def senders_refused(self) -> int:
+        """How many MAIL FROM commands were refused by `refuse_sender`."""
+        with self.lock:
+            return self.behaviour.senders_refused
 
     # --- observation -----------------------------------------------------------------------
     @property

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from email_consumer.errors import SmtpRejected, SmtpUnavailable, StoreUnavailable
+from email_consumer.errors import (
+    EventBusy,
+    SmtpRejected,
+    SmtpUnavailable,
+    StoreUnavailable,
+    UncertainDelivery,
+)
 from email_consumer.handler import HandlingResult, Outcome, WelcomeEmailHandler
 from email_consumer.ports import Claim, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
@@ -52,10 +58,32 @@ class FakeProcessedEvents:
     def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
         with self.lock:
             row = self.rows.get(event_id)
-            if row is None or (row[0] == "claimed" and row[2] < time.monotonic()):
-                self.rows[event_id] = ("claimed", token, time.monotonic() + lease_s)
+            now = time.monotonic()
+            if row is None or (row[0] == "claimed" and row[2] < now):
+                self.rows[event_id] = ("claimed", token, now + lease_s)
                 return Claim.CLAIMED
+            if row[0] == "uncertain" and row[2] <= now:
+                self.rows[event_id] = ("resending", token, now + lease_s)
+                return Claim.RESEND
+            if row[0] == "uncertain_final" or (row[0] == "resending" and row[2] < now):
+                return Claim.MAYBE_SENT
             return Claim.ALREADY_SENT if row[0] == "sent" else Claim.HELD_ELSEWHERE
+
+    def mark_uncertain(self, event_id: str, token: str, resend_after_s: float) -> bool:
+        with self.lock:
+            status, holder, _ = self.rows[event_id]
+            if status == "claimed" and holder == token:
+                self.rows[event_id] = ("uncertain", None, time.monotonic() + resend_after_s)
+                return False
+            if status == "resending" and holder == token:
+                self.rows[event_id] = ("uncertain_final", None, 0.0)
+            return True
+
+    def release_resend(self, event_id: str, token: str) -> None:
+        with self.lock:
+            row = self.rows.get(event_id)
+            if row is not None and row[0] == "resending" and row[1] == token:
+                self.rows[event_id] = ("uncertain", None, 0.0)
 
     def mark_sent(self, event_id: str, token: str) -> None:
         with self.lock:
@@ -78,7 +106,11 @@ def _event() -> UserRegistered:
 
 
 def _handler(
-    sender: FakeSender, store: FakeProcessedEvents, policy: RetryPolicy = NO_WAIT
+    sender: FakeSender,
+    store: FakeProcessedEvents,
+    policy: RetryPolicy = NO_WAIT,
+    *,
+    resend_after_s: float = 0.0,
 ) -> WelcomeEmailHandler:
     return WelcomeEmailHandler(
         renderer=WelcomeRenderer(parse_mail_from("welcome@example.com")),
@@ -86,6 +118,7 @@ def _handler(
         processed=store,
         policy=policy,
         claim_lease_s=60,
+        uncertain_resend_after_s=resend_after_s,
     )
 
 
@@ -340,4 +373,75 @@ def test_the_event_is_claimed_only_once_a_connection_is_held() -> None:
 
     result = _handler(sender, CheckingStore()).handle(_event())
     assert result.outcome is Outcome.SENT
+    assert len(sender.sent) == 1
+
+
+class StoringSender(FakeSender):
+    """Every send reaches the server (it is counted) but its outcome is uncertain."""
+
+    def __init__(self, uncertain: int) -> None:
+        super().__init__()
+        self.uncertain = uncertain
+        self.reached: list[RenderedEmail] = []
+
+    def send(self, email: RenderedEmail) -> None:
+        self.reached.append(email)
+        if self.uncertain > 0:
+            self.uncertain -= 1
+            raise UncertainDelivery("no reply to the final dot")
+        super().send(email)
+
+
+def test_an_uncertain_send_is_not_retried_and_holds_the_event_as_maybe_sent() -> None:
+    sender, store = StoringSender(uncertain=1), FakeProcessedEvents()
+    event = _event()
+    result = _handler(sender, store, resend_after_s=3600).handle(event)
+    assert result.outcome is Outcome.FAILED
+    assert isinstance(result.error, UncertainDelivery)
+    assert result.error.final is False
+    assert not result.permanent
+    assert result.attempts == 1
+    assert len(sender.reached) == 1, "never resent at once"
+    assert store.rows[event.event_id][0] == "uncertain"
+    # Another delivery before the wait is over finds the event busy, sends nothing.
+    again = _handler(sender, store, resend_after_s=3600).handle(event)
+    assert isinstance(again.error, EventBusy)
+    assert len(sender.reached) == 1
+
+
+def test_after_the_wait_the_event_is_resent_once_with_the_same_message_id() -> None:
+    sender, store = StoringSender(uncertain=1), FakeProcessedEvents()
+    handler, event = _handler(sender, store, resend_after_s=0), _event()
+    handler.handle(event)
+    result = handler.handle(event)
+    assert result.outcome is Outcome.SENT
+    first, second = sender.reached
+    assert first.message_id == second.message_id
+    assert first.data == second.data
+    assert store.rows[event.event_id][0] == "sent"
+    assert handler.handle(event).outcome is Outcome.DUPLICATE
+
+
+def test_two_uncertain_sends_mean_never_again() -> None:
+    sender, store = StoringSender(uncertain=2), FakeProcessedEvents()
+    handler, event = _handler(sender, store, resend_after_s=0), _event()
+    assert isinstance(handler.handle(event).error, UncertainDelivery)
+    second = handler.handle(event)
+    assert isinstance(second.error, UncertainDelivery)
+    assert second.error.final is True
+    for _ in range(3):  # redeliveries, a `dlq replay`
+        assert handler.handle(event).outcome is Outcome.DUPLICATE
+    assert len(sender.reached) == 2
+
+
+def test_a_resend_that_fails_before_the_message_went_out_keeps_its_one_resend() -> None:
+    sender = StoringSender(uncertain=1)
+    store = FakeProcessedEvents()
+    handler, event = _handler(sender, store, resend_after_s=0), _event()
+    handler.handle(event)
+    sender.failures = [SmtpUnavailable("refused")] * 3  # the whole in-process budget
+    outage = handler.handle(event)
+    assert isinstance(outage.error, SmtpUnavailable)
+    assert store.rows[event.event_id][0] == "uncertain"
+    assert handler.handle(event).outcome is Outcome.SENT
     assert len(sender.sent) == 1

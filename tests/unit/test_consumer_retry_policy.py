@@ -6,8 +6,8 @@ import contextlib
 
 import pytest
 
-from email_consumer.errors import SmtpRejected, SmtpUnavailable
-from email_consumer.retry_policy import DeadLetter, RetryLater, RetryPolicy
+from email_consumer.errors import SmtpRejected, SmtpUnavailable, UncertainDelivery
+from email_consumer.retry_policy import UNCERTAIN, DeadLetter, RetryLater, RetryPolicy
 from shared.errors import TransientError
 from shared.topology import DEFAULT_RETRY_DELAYS_S
 
@@ -103,3 +103,36 @@ def test_an_event_busy_elsewhere_waits_without_using_up_a_retry() -> None:
     policy = RetryPolicy(broker_delays_s=(1, 2))
     decision = policy.after_failure(permanent=False, broker_retries_done=2, busy=True)
     assert decision == RetryLater(1, counts_as_retry=False)
+
+
+def test_parking_takes_the_shortest_queue_long_enough_and_uses_up_no_retry() -> None:
+    policy = RetryPolicy(broker_delays_s=(5, 30, 300))
+    assert policy.park() == RetryLater(5, counts_as_retry=False)
+    assert policy.park(at_least_s=6) == RetryLater(30, counts_as_retry=False)
+    assert policy.park(at_least_s=300) == RetryLater(300, counts_as_retry=False)
+    # Longer than every queue: the longest; the event comes back early and waits again.
+    assert policy.park(at_least_s=1000) == RetryLater(300, counts_as_retry=False)
+    assert RetryPolicy(broker_delays_s=()).park(otherwise="x") == DeadLetter("x")
+
+
+def test_an_uncertain_send_waits_once_for_its_resend_then_goes_to_the_dlq() -> None:
+    policy = RetryPolicy(broker_delays_s=(1, 2))
+    assert policy.after_uncertain(final=False, resend_after_s=2) == RetryLater(
+        2, counts_as_retry=False
+    )
+    assert policy.after_uncertain(final=True, resend_after_s=2) == DeadLetter(UNCERTAIN)
+    # Without retry queues the DLQ holds it; a replay gives it its one resend.
+    no_queues = RetryPolicy(broker_delays_s=())
+    assert no_queues.after_uncertain(final=False, resend_after_s=2) == DeadLetter(UNCERTAIN)
+
+
+def test_an_uncertain_send_is_never_retried_in_process() -> None:
+    calls = []
+
+    def attempt() -> None:
+        calls.append(1)
+        raise UncertainDelivery("no reply to the final dot")
+
+    with pytest.raises(UncertainDelivery):
+        RetryPolicy(attempts=5, initial_backoff_s=0, max_backoff_s=0).in_process()(attempt)
+    assert len(calls) == 1

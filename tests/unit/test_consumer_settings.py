@@ -94,15 +94,48 @@ def test_a_claim_lease_shorter_than_a_send_is_refused() -> None:
         consumer_settings(Environment({"SMTP_TIMEOUT_S": "30", "WORKER_CLAIM_LEASE_S": "60"}))
 
 
-def test_the_claim_lease_must_cover_twelve_smtp_timeouts() -> None:
-    # One send is about ten socket operations, each bounded by SMTP_TIMEOUT_S.
-    with pytest.raises(ConfigError, match=r"at least 12 x SMTP_TIMEOUT_S \(120\)"):
-        consumer_settings(Environment({"SMTP_TIMEOUT_S": "10", "WORKER_CLAIM_LEASE_S": "100"}))
+def test_the_claim_lease_must_cover_the_commands_and_the_wait_for_the_final_reply() -> None:
+    # About ten socket operations bounded by SMTP_TIMEOUT_S, then the reply to the final dot.
+    env = {"SMTP_TIMEOUT_S": "10", "SMTP_FINAL_REPLY_TIMEOUT_S": "60"}
+    with pytest.raises(
+        ConfigError, match=r"at least 11 x SMTP_TIMEOUT_S \+ SMTP_FINAL_REPLY_TIMEOUT_S \(170\)"
+    ):
+        consumer_settings(Environment({**env, "WORKER_CLAIM_LEASE_S": "169"}))
+    settings = consumer_settings(Environment({**env, "WORKER_CLAIM_LEASE_S": "170"}))
+    assert settings.worker.claim_lease_s == 170
+    defaults = consumer_settings(Environment({}))
+    assert defaults.smtp.final_reply_timeout_s == 600  # RFC 5321 §4.5.3.2.6
+    assert defaults.worker.claim_lease_s == 900  # 11 x 10 + 600 fits
+
+
+def test_the_final_reply_timeout_is_no_shorter_than_the_command_timeout() -> None:
+    with pytest.raises(ConfigError, match="SMTP_FINAL_REPLY_TIMEOUT_S"):
+        consumer_settings(Environment({"SMTP_TIMEOUT_S": "10", "SMTP_FINAL_REPLY_TIMEOUT_S": "5"}))
+
+
+def test_the_uncertain_resend_waits_for_the_longest_retry_delay_by_default() -> None:
+    assert consumer_settings(Environment({})).worker.uncertain_resend_after_s == 300
     settings = consumer_settings(
-        Environment({"SMTP_TIMEOUT_S": "10", "WORKER_CLAIM_LEASE_S": "120"})
+        Environment({"RETRY_DELAYS_S": "1,20", "WORKER_UNCERTAIN_RESEND_AFTER_S": "7"})
     )
-    assert settings.worker.claim_lease_s == 120
-    assert consumer_settings(Environment({})).worker.claim_lease_s == 300
+    assert settings.worker.uncertain_resend_after_s == 7
+    assert (
+        consumer_settings(Environment({"RETRY_DELAYS_S": "1,20"})).worker.uncertain_resend_after_s
+        == 20
+    )
+
+
+def test_breaker_settings_are_read_and_checked() -> None:
+    settings = consumer_settings(
+        Environment({"WORKER_BREAKER_THRESHOLD": "3", "WORKER_BREAKER_PROBE_S": "2.5"})
+    )
+    assert (settings.worker.breaker_threshold, settings.worker.breaker_probe_s) == (3, 2.5)
+    defaults = consumer_settings(Environment({})).worker
+    assert (defaults.breaker_threshold, defaults.breaker_probe_s) == (5, 30)
+    with pytest.raises(ConfigError, match="WORKER_BREAKER_THRESHOLD"):
+        consumer_settings(Environment({"WORKER_BREAKER_THRESHOLD": "0"}))
+    with pytest.raises(ConfigError, match="WORKER_BREAKER_PROBE_S"):
+        consumer_settings(Environment({"WORKER_BREAKER_PROBE_S": "0"}))
 
 
 @pytest.mark.parametrize("host", ["smtp.example.com", "10.0.0.5", "2001:db8::1"])
