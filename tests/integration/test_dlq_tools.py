@@ -187,5 +187,5 @@ def test_a_bad_setting_exits_2_with_one_line() -> None:
     result = _cli("http://not-amqp", "dlq", "list")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "email-consumer: AMQP_URL must start with amqp:// or amqps://"
+        "email-consumer: error: configuration error: AMQP_URL must start with amqp:// or amqps://"
     ]
