@@ -91,7 +91,7 @@ def configure_logging(
         foreign_pre_chain=shared_processors,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -108,6 +108,25 @@ _active_redactor = SecretRedactor()
 def redact(text: str) -> str:
     """`text` with the secrets given to `configure_logging` masked (for lines not logged)."""
     return _active_redactor.redact_text(text)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is logged, not when logging was set up.
+
+    A live display (rich's progress bars for `simulate`) replaces `sys.stderr` while it runs, so
+    that log lines are printed above the bars instead of through them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
 
 
 def _use_json(settings: LoggingSettings) -> bool:
