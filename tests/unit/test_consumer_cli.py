@@ -18,7 +18,8 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert exited.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("email-consumer") and ": error: " in line
+    assert line.startswith("email-consumer")
+    assert ": error: " in line
 
 
 def test_a_bad_setting_exits_2_with_one_line(

@@ -184,7 +184,8 @@ def test_a_long_value_cut_short_in_an_error_keeps_its_closing_quote() -> None:
     with pytest.raises(ValidationError) as refused:
         validate_username("!" + "x" * 300)
     quoted_value = str(refused.value).removeprefix("invalid username ").partition(": ")[0]
-    assert quoted_value.startswith("'!xxx") and quoted_value.endswith("...'")
+    assert quoted_value.startswith("'!xxx")
+    assert quoted_value.endswith("...'")
     assert len(quoted_value) <= 60
 
 
@@ -198,4 +199,5 @@ def test_an_escape_sequence_in_a_value_is_shown_escaped_in_the_error() -> None:
 def test_the_help_texts_state_the_encoded_word_rule() -> None:
     from producer_service.validation import EMAIL_RULES, FULL_NAME_RULES
 
-    assert "'=?'" in FULL_NAME_RULES and "'=?'" in EMAIL_RULES
+    assert "'=?'" in FULL_NAME_RULES
+    assert "'=?'" in EMAIL_RULES
