@@ -35,14 +35,22 @@ def _escape(char: str) -> str:
 def printable(value: object, limit: int | None = None) -> str:
     """`value` as text with every control or format character written as `\\x..`/`\\u....`.
 
-    With `limit`, at most that many characters are kept (then `...`), counted after escaping.
+    With `limit`, at most that many characters are kept (then `...`), counted after escaping;
+    an escape is never cut in half.
     A backslash is left alone: the result is for reading, not for parsing back.
     """
     text = value if isinstance(value, str) else str(value)
-    escaped = "".join(_escape(char) if is_unsafe(char) else char for char in text)
-    if limit is not None and len(escaped) > limit:
-        return escaped[: max(limit - len(ELLIPSIS), 0)] + ELLIPSIS
-    return escaped
+    pieces = [_escape(char) if is_unsafe(char) else char for char in text]
+    if limit is None or sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    # Cut between pieces, never inside an escape, leaving room for the ellipsis.
+    kept, room = [], max(limit - len(ELLIPSIS), 0)
+    for piece in pieces:
+        if len(piece) > room:
+            break
+        kept.append(piece)
+        room -= len(piece)
+    return "".join(kept) + ELLIPSIS
 
 
 def quoted(value: object, limit: int = 60) -> str:
