@@ -1,12 +1,13 @@
 """`email-consumer`: run the worker, or inspect and repair the dead-letter queue.
 
-Exit codes (CONTRACT.md): 0 success; 2 invalid usage or configuration; 1 anything unexpected.
+Exit codes and the one-line error style come from `shared.cli` (CONTRACT.md): 0 success; 2
+invalid usage or configuration (a refused broker login or vhost at start-up included); 1
+anything unexpected.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -14,57 +15,76 @@ from collections.abc import Sequence
 from email_consumer import bootstrap
 from email_consumer.dead_letters import DeadLetterSummary
 from email_consumer.settings import ConsumerSettings, consumer_settings
-from shared.cli import positive_int, stop_on_signals
-from shared.errors import ConfigError, TransientError
+from shared.amqp import refuse_bad_credentials
+from shared.cli import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_command,
+    fail,
+    new_parser,
+    parse,
+    positive_int,
+    run,
+    stop_on_signals,
+)
+from shared.database import check_database
+from shared.display import json_line, printable
 from shared.logging import get_logger
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
 
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_USAGE = 2
+PROG = "email-consumer"
+DATABASE_VARIABLE = "CONSUMER_DATABASE_URL"
 DEFAULT_LIST_LIMIT = 100
 
 _log = get_logger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = consumer_settings(Environment())
-    except ConfigError as error:
-        print(f"email-consumer: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    args = parse(_parser(), argv)
+    return run(PROG, lambda: _start(args))
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = consumer_settings(Environment())
     bootstrap.set_up_logging(settings)
-    try:
-        if args.command == "run":
-            return _run(settings)
-        return _dlq(settings, args)
-    except ConfigError as error:
-        print(f"email-consumer: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TransientError as error:
-        print(f"email-consumer: {error}", file=sys.stderr)
-        return EXIT_UNEXPECTED
-    except Exception as error:  # noqa: BLE001 - the last resort: log it, exit 1, one line
-        _log.exception("unexpected error")
-        print(f"email-consumer: unexpected {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_UNEXPECTED
+    if args.command == "run":
+        return _run(settings)
+    return _dlq(settings, args)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="email-consumer",
-        description="The welcome-email worker and its dead-letter queue tools.",
+    parser = new_parser(
+        PROG,
+        "The welcome-email worker and its dead-letter queue tools.",
+        settings=consumer_settings,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "run", help="consume user_registered events until SIGTERM/SIGINT, then drain and exit 0"
+    add_command(
+        commands,
+        "run",
+        help="consume user_registered events until SIGTERM/SIGINT, then drain and exit 0",
+        description=(
+            "Consume user_registered events and send one welcome email for each, until "
+            "SIGTERM/SIGINT; then finish in-flight work and exit 0. Waits for a broker that is "
+            "down; exits 2 at start-up if it refuses AMQP_URL's login or vhost."
+        ),
     )
-    dlq = commands.add_parser("dlq", help="inspect and repair the dead-letter queue")
+    dlq = add_command(
+        commands,
+        "dlq",
+        help="inspect and repair the dead-letter queue",
+        description="List, replay or purge the events in the dead-letter queue.",
+    )
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = dlq_commands.add_parser(
-        "list", help="show dead-lettered events (error, attempts, time) without removing them"
+    listing = add_command(
+        dlq_commands,
+        "list",
+        help="show dead-lettered events (error, attempts, time) without removing them",
+        description=(
+            "Show dead-lettered events with their error, attempts and time; the queue is left "
+            "as it was. Values are shown with control characters escaped."
+        ),
     )
     # Listed events are held unacknowledged on one channel while listed: bounded by default.
     listing.add_argument(
@@ -74,11 +94,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"at most N events (default {DEFAULT_LIST_LIMIT})",
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    replay = dlq_commands.add_parser(
-        "replay", help="send dead-lettered events back to the worker, without loss"
+    replay = add_command(
+        dlq_commands,
+        "replay",
+        help="send dead-lettered events back to the worker, without loss",
+        description=(
+            "Move dead-lettered events back to the worker's queue for another try; each is "
+            "removed from the DLQ only once the broker confirmed its copy."
+        ),
     )
     replay.add_argument("--limit", type=positive_int, default=None, help="at most N events")
-    purge = dlq_commands.add_parser("purge", help="delete every dead-lettered event")
+    purge = add_command(
+        dlq_commands,
+        "purge",
+        help="delete every dead-lettered event",
+        description="Delete every event in the dead-letter queue (needs --yes).",
+    )
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
     return parser
 
@@ -93,6 +124,11 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 def _run(settings: ConsumerSettings) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # Start-up checks, each failing with one line naming the variable: a database URL that
+    # cannot be used, a broker refusing the login or vhost, a metrics port that is taken.
+    bootstrap.check_broker_settings(settings)
+    check_database(settings.database_url, DATABASE_VARIABLE)
+    refuse_bad_credentials(settings.broker)
     stopping = stop_on_signals()
     app = bootstrap.build_worker(settings, stopping)
     try:
@@ -107,14 +143,10 @@ def _run(settings: ConsumerSettings) -> int:
 
 def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
     if args.dlq_command == "purge" and not args.yes:
-        print(
-            "email-consumer: dlq purge deletes every dead-lettered event; add --yes to confirm",
-            file=sys.stderr,
+        return fail(
+            PROG, EXIT_INVALID, "dlq purge deletes every dead-lettered event; add --yes to confirm"
         )
-        return EXIT_USAGE
-    # A tool reports its own failure in one line; pika's connection-attempt errors and the
-    # "connected" line would only bury it.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # A tool reports its own failure in one line; the "connected" line would only bury it.
     logging.getLogger("shared.amqp").setLevel(max(logging.WARNING, logging.root.level))
     with bootstrap.build_dead_letter_queue(settings) as dlq:
         if args.dlq_command == "list":
@@ -131,7 +163,7 @@ def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
 def _print_listing(summaries: list[DeadLetterSummary], *, as_json: bool) -> None:
     if as_json:
         for summary in summaries:
-            print(json.dumps(summary.as_dict(), ensure_ascii=False))
+            print(json_line(summary.as_dict()))
         return
     if not summaries:
         print("the dead-letter queue is empty")
@@ -148,14 +180,21 @@ def _print_listing(summaries: list[DeadLetterSummary], *, as_json: bool) -> None
     table.add_column("last failure", no_wrap=True)
     table.add_column("replays", justify="right")
     for s in summaries:
+        # Every value came with the message, from whoever published it: escaped, so none can
+        # drive the operator's terminal.
         error = f"{s.error_type or '?'}: {s.error_message or ''}"
         table.add_row(
-            s.event_id or "?",
-            error,
-            s.dead_letter_reason or "?",
-            str(s.attempts),
-            s.last_failure_at or "?",
-            str(s.replay_count),
+            *(
+                printable(value)
+                for value in (
+                    s.event_id or "?",
+                    error,
+                    s.dead_letter_reason or "?",
+                    str(s.attempts),
+                    s.last_failure_at or "?",
+                    str(s.replay_count),
+                )
+            )
         )
     console = Console(markup=False, highlight=False)
     if not console.is_terminal:

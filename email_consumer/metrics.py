@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import prometheus_client as prom
 
+from shared.errors import ConfigError
+
 OUTCOMES = ("sent", "duplicate", "retried", "delayed", "dead_lettered")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -72,5 +74,13 @@ class WorkerMetrics:
 
     def serve(self, port: int, address: str) -> None:
         """Start the HTTP endpoint on `address`:`port` in a daemon thread, when `port` is not 0."""
-        if port:
+        if not port:
+            return
+        try:
             prom.start_http_server(port, addr=address, registry=self.registry)
+        except OSError as error:
+            # Taken by another process, or an address not on this machine: configuration.
+            raise ConfigError(
+                f"METRICS_PORT {port} on METRICS_ADDRESS {address} cannot be used: "
+                f"{error.strerror or type(error).__name__}"
+            ) from None

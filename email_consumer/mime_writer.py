@@ -27,7 +27,9 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from email.header import Header
+from email.utils import format_datetime
 from typing import Final
 
 CRLF: Final = b"\r\n"
@@ -70,6 +72,12 @@ def identifier(name: str, value: str) -> bytes:
     if _PRINTABLE_ASCII.fullmatch(value) is None or len(name) + 2 + len(value) > _MAX_SMTP_LINE:
         raise ValueError(f"{name} must be printable ASCII on one line")
     return f"{name}: {value}".encode("ascii") + CRLF
+
+
+def date(name: str, when: datetime) -> bytes:
+    """A `Name: Thu, 26 Nov 2026 06:42:45 +0000` line (RFC 5322 3.3), as the email package
+    writes it; a time without a zone is written with `-0000` (zone unknown)."""
+    return f"{name}: {format_datetime(when)}".encode("ascii") + CRLF
 
 
 def mailbox(name: str, display_name: str, address: str) -> bytes:

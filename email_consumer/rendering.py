@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email.errors import MessageError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -81,6 +82,9 @@ class WelcomeRenderer:
             to_name=(user.full_name or "").strip(),
             to_address=address,
             subject=f"Welcome, {greeting_name}!",
+            # RFC 5322 3.6.1 requires a Date. The event's time, not the sending time: `render`
+            # stays pure, and a resent email is the same message, byte for byte.
+            date=event.occurred_at,
             message_id=message_id_for(event.event_id, self._mail_from),
             text=self._text.render(context),
             html=self._html.render(context),
@@ -101,6 +105,7 @@ class WelcomeRenderer:
                 mime_writer.mailbox("To", content.to_name, content.to_address),
                 self._from_line,
                 mime_writer.unstructured("Subject", content.subject),
+                mime_writer.date("Date", content.date),
                 mime_writer.identifier("Message-ID", content.message_id),
                 mime_writer.identifier("X-Event-ID", content.event_id),
             )
@@ -126,6 +131,7 @@ class WelcomeRenderer:
         message["To"] = to
         message["From"] = self._mail_from
         message["Subject"] = content.subject
+        message["Date"] = content.date
         message["Message-ID"] = content.message_id
         message["X-Event-ID"] = content.event_id
         message.set_content(content.text)
@@ -153,6 +159,7 @@ class _Content:
     to_name: str
     to_address: str
     subject: str
+    date: datetime
     message_id: str
     text: str
     html: str

@@ -156,7 +156,7 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
         logging=logging_settings(env),
         smtp=smtp,
         mail_from=parse_mail_from(env.text("MAIL_FROM", DEFAULT_MAIL_FROM)),
-        database_url=env.text(
+        database_url=env.database_url(
             "CONSUMER_DATABASE_URL", sqlite_default_url("email_consumer.sqlite3")
         ),
         worker=WorkerSettings(

@@ -52,7 +52,7 @@ from email_consumer.metrics import WorkerMetrics
 from email_consumer.retry_policy import DeadLetter, Decision, RetryLater, RetryPolicy
 from email_consumer.settings import WorkerSettings
 from shared import topology
-from shared.amqp import BrokerUnavailable, mask_url, open_connection
+from shared.amqp import BrokerRefused, BrokerUnavailable, mask_url, open_connection
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 from shared.logging import event_context, get_logger
 from shared.settings import BrokerSettings
@@ -151,7 +151,9 @@ class Worker:
                 try:
                     connection = open_connection(self._broker)
                 except BrokerUnavailable as error:
-                    _log.warning("broker unavailable, retrying", error=str(error), delay_s=delay)
+                    # A refused login or vhost is an error, though still retried.
+                    log = _log.error if isinstance(error, BrokerRefused) else _log.warning
+                    log("broker unavailable, retrying", error=str(error), delay_s=delay)
                     self._stopping.wait(delay)
                     delay = min(delay * 2, self._settings.reconnect_max_delay_s)
                     continue

@@ -1,105 +1,95 @@
 """`producer-service`: register a user, run the outbox relay, or simulate load.
 
-Exit codes (CONTRACT.md): 0 success, 2 invalid input or usage, 3 conflict, 1 anything else.
-Errors are one line on stderr; logs go to stderr too, results to stdout.
+Exit codes and the one-line error style come from `shared.cli` (CONTRACT.md): 0 success, 2
+invalid input, usage or configuration, 3 conflict, 1 anything else. Logs go to stderr, results
+to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, NoReturn
+from typing import Any
 
 import sqlalchemy as sa
 
 from producer_service.bootstrap import Producer, bootstrap
 from producer_service.ports import DuplicateUser
 from producer_service.progress import terminal_progress
-from producer_service.storage import database_reason
+from producer_service.settings import ProducerSettings
 from producer_service.validation import (
     EMAIL_RULES,
     FULL_NAME_RULES,
     USERNAME_RULES,
     ValidationError,
 )
-from shared.cli import positive_int, stop_on_signals
-from shared.errors import ConfigError, TransientError
+from shared.amqp import BrokerRefused, refuse_bad_credentials
+from shared.cli import (
+    EXIT_CONFLICT,
+    EXIT_INVALID,
+    EXIT_OK,
+    ExitCodes,
+    add_command,
+    new_parser,
+    parse,
+    positive_int,
+    run,
+    stop_on_signals,
+)
+from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
+from shared.display import json_line, printable, quoted
+from shared.errors import TransientError
 from shared.logging import event_context, get_logger
 from shared.runtime import freeze_start_up_objects
+from shared.settings import Environment
 
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_INVALID = 2
-EXIT_CONFLICT = 3
+PROG = "producer-service"
+DATABASE_VARIABLE = "PRODUCER_DATABASE_URL"
+EXIT_CODES: ExitCodes = (
+    (ValidationError, EXIT_INVALID, ""),
+    (DuplicateUser, EXIT_CONFLICT, ""),
+)
 
 _log = get_logger(__name__)
 Command = Callable[[Producer, argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit 2 here, one line
-    command: Command = args.command
-    try:
-        producer = bootstrap()
-    except ConfigError as error:
-        return _fail(EXIT_INVALID, f"configuration error: {error}")
-    except sa.exc.SQLAlchemyError as error:
-        return _fail(EXIT_UNEXPECTED, f"database unavailable: {database_reason(error)}")
+    args = parse(build_parser(), argv)  # usage errors exit 2 here, one line
+    return run(PROG, lambda: _start(args.command, args), EXIT_CODES)
+
+
+def _start(command: Command, args: argparse.Namespace) -> int:
+    database_url = ProducerSettings.from_env(Environment()).database_url
+    with naming_the_variable(DATABASE_VARIABLE, database_url):
+        producer = bootstrap(Environment())
     try:
         return command(producer, args)
-    except ValidationError as error:
-        return _fail(EXIT_INVALID, str(error))
-    except DuplicateUser as error:
-        return _fail(EXIT_CONFLICT, str(error))
-    except ConfigError as error:
-        return _fail(EXIT_INVALID, f"configuration error: {error}")
-    except TransientError as error:
-        return _fail(EXIT_UNEXPECTED, str(error))
     except sa.exc.SQLAlchemyError as error:
-        # The driver's first line only, no traceback: SQLAlchemy's full text and a traceback
-        # would add the statement, and a driver's later lines (PostgreSQL's DETAIL) the values.
-        reason = database_reason(error)
-        _log.error("database error", error_type=type(error).__name__, reason=reason)
-        return _fail(EXIT_UNEXPECTED, f"database error: {reason}")
-    except Exception as error:  # noqa: BLE001 - the last resort: log it, exit 1, one line
-        # Where it happened, but not the message: that could quote a user's name or address.
-        _log.error(
-            "unexpected error",
-            error_type=type(error).__name__,
-            traceback="".join(traceback.format_tb(error.__traceback__)),
-        )
-        return _fail(EXIT_UNEXPECTED, f"unexpected error: {type(error).__name__}")
+        # The driver's first line only: SQLAlchemy's full text would add the statement.
+        raise DatabaseUnreachable(f"database error: {reason_of(error)}") from None
     finally:
         producer.close()
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr, exit 2 (the contract)."""
-
-    def error(self, message: str) -> NoReturn:
-        # argparse would print the usage block first; the line names where to find it.
-        self.exit(EXIT_INVALID, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    # Sub-command parsers are made with the same class, so their errors are one line too.
-    parser = OneLineArgumentParser(
-        prog="producer-service",
-        description="Register users and publish their user_registered events (outbox relay).",
+    parser = new_parser(
+        PROG,
+        "Register users and publish their user_registered events (outbox relay).",
+        settings=ProducerSettings.from_env,
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    register = commands.add_parser(
+    register = add_command(
+        commands,
         "register",
         help="store a user and publish its user_registered event",
         description=(
             "Validate, store the user and its event in one transaction, then publish the event "
-            "if the broker answers (otherwise it waits in the outbox for the relay). "
-            "Prints the event id. Exit 2: invalid input; exit 3: already registered."
+            "if the broker answers (otherwise it waits in the outbox for the relay, and exit is "
+            "still 0). Prints the event id. Exit 2: invalid input; exit 3: already registered."
         ),
     )
     register.add_argument("username", metavar="USERNAME", help=USERNAME_RULES)
@@ -110,15 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.set_defaults(command=_register)
 
-    relay = commands.add_parser(
+    relay = add_command(
+        commands,
         "relay",
         help="publish pending outbox events with publisher confirms",
-        description="Publish pending events until SIGTERM/SIGINT (exit 0), or drain once.",
+        description=(
+            "Publish pending events until SIGTERM/SIGINT (exit 0), or drain once. Waits for a "
+            "broker that is down; exits 2 at start-up if it refuses AMQP_URL's login or vhost."
+        ),
     )
     relay.add_argument("--once", action="store_true", help="publish what is pending, then exit")
     relay.set_defaults(command=_relay)
 
-    simulate = commands.add_parser(
+    simulate = add_command(
+        commands,
         "simulate",
         help="register N synthetic users (load and demos)",
         description=(
@@ -127,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
             "misses), then wait until all are published, and print a summary."
         ),
     )
-    simulate.add_argument("--count", type=positive_int, required=True, metavar="N")
+    simulate.add_argument(
+        "--count", type=positive_int, required=True, metavar="N", help="users to register"
+    )
     simulate.add_argument(
         "--rate", type=_positive_float, metavar="R", help="registrations per second (default: max)"
     )
@@ -156,7 +153,7 @@ def _register(producer: Producer, args: argparse.Namespace) -> int:
             "email": registration.email,
             "published": published,
         }
-        print(json.dumps(document, ensure_ascii=False))
+        print(json_line(document))
     else:
         print(registration.event_id)
     return EXIT_OK
@@ -170,20 +167,22 @@ def _publish_now(producer: Producer, event_id: str) -> bool:
     """
     try:
         published = _try_to_publish(producer, event_id)
+    except BrokerRefused as error:
+        reason = str(error)
+        _log.error("the broker refused the connection", reason=reason)
     except TransientError as error:
         reason = str(error)
         _log.warning("event not published yet", error_type=type(error).__name__, reason=reason)
     except Exception as error:  # noqa: BLE001 - after the commit, nothing may turn into exit 1
-        # The type only: the message of an unexpected error could hold the user's data.
-        reason = type(error).__name__
-        _log.error("publishing the new event failed", error_type=reason)
+        reason = f"{type(error).__name__}: {error}"
+        _log.error("publishing the new event failed", error_type=type(error).__name__)
     else:
         if published:
             return True
         reason = "not published yet"
     print(
-        f"event {event_id} was not published ({reason}); it is queued in the outbox "
-        "and will be published by the relay",
+        f"event {event_id} was not published ({printable(reason, 300)}); it is queued in the "
+        "outbox and will be published by the relay",
         file=sys.stderr,
     )
     return False
@@ -202,6 +201,8 @@ def _try_to_publish(producer: Producer, event_id: str) -> bool:
 
 
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
+    # A refused login or vhost is configuration: exit 2 now rather than retry forever.
+    refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
     relay = producer.relay(stop)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
@@ -216,6 +217,7 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
+    refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
     # Before the publishing thread opens its connection: a connection replaced later must not
     # leave frozen (never collected) objects behind.
@@ -247,16 +249,11 @@ def _simulate(producer: Producer, args: argparse.Namespace) -> int:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _fail(code: int, message: str) -> int:
-    print(f"producer-service: error: {message}", file=sys.stderr)
-    return code
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {quoted(text)}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a positive number")
     return value

@@ -1,4 +1,10 @@
-"""A rich progress bar for `simulate` when a person is watching, nothing otherwise."""
+"""Rich progress bars for `simulate` when a person is watching, nothing otherwise.
+
+Both bars are live: `registered` counts as users are stored, `published` as their events are
+confirmed (the simulation polls for it). While the bars show, log lines are printed above them:
+rich replaces `sys.stderr` with a writer that goes through its console, and the logging
+handler writes to the current `sys.stderr` (shared/logging.py).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from producer_service.simulate import NoProgress, SimulationProgress
 
 
 class _RichProgress:
+    live = True
+
     def __init__(self, progress: Progress, total: int) -> None:
         self._progress = progress
         self._registered = progress.add_task("registered", total=total)
@@ -26,16 +34,18 @@ class _RichProgress:
 
 
 @contextmanager
-def terminal_progress(total: int) -> Iterator[SimulationProgress]:
-    """Bars on stderr when it is a terminal; in pipes and logs, no bar (the summary remains)."""
-    if not sys.stderr.isatty():
-        yield NoProgress()
-        return
+def terminal_progress(total: int, console: Console | None = None) -> Iterator[SimulationProgress]:
+    """Bars on stderr when it is a terminal (or on `console`); in pipes and logs, no bar."""
+    if console is None:
+        if not sys.stderr.isatty():
+            yield NoProgress()
+            return
+        console = Console(stderr=True)
     columns = (
         TextColumn("{task.description:>10}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        yield _RichProgress(progress, total)
+    with Progress(*columns, console=console, redirect_stderr=True, redirect_stdout=False) as bars:
+        yield _RichProgress(bars, total)

@@ -26,7 +26,14 @@ import pika.exceptions
 import pika.spec
 
 from producer_service.ports import OutboxMessage, PublishInFlight, PublishOutcome
-from shared.amqp import BrokerUnavailable, connection_parameters, mask_url, open_connection
+from shared.amqp import (
+    BrokerUnavailable,
+    connection_failed,
+    connection_parameters,
+    failure_reason,
+    mask_url,
+    open_connection,
+)
 from shared.logging import get_logger
 from shared.settings import BrokerSettings
 from shared.topology import EXCHANGE, declare_topology
@@ -75,6 +82,10 @@ class ConfirmingPublisher:
         self._channel: Any = None
         self._ready = False
         self._failure: str | None = None
+        self._open_error: BaseException | str | None = None
+        # Set by `close`: from then on only the broker's close-ok ends the I/O loop (a channel
+        # closing first is part of a clean close, not a failure to stop for).
+        self._closing = False
         self._stop_when: Callable[[], bool] | None = None
         self._next_tag = 0
         # Delivery tag -> (its batch, event id) of every publish not yet acked or nacked, oldest
@@ -149,11 +160,14 @@ class ConfirmingPublisher:
         connection = self._connection
         if connection is None:
             return
+        self._closing = True
         if not (connection.is_closing or connection.is_closed):
             # Also aborts a connection still opening (a connect that timed out).
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.close()
         if not connection.is_closed:
+            # Until the broker's Connection.CloseOk: leaving before it, the broker logs "client
+            # unexpectedly closed TCP connection" for every registration.
             self._run_until(lambda: bool(connection.is_closed), _CLOSE_TIMEOUT_S)
         self._ready = False
 
@@ -169,9 +183,9 @@ class ConfirmingPublisher:
         )
         self._run_until(lambda: self._ready, float(parameters.socket_timeout or 10) + 5.0)
         if not self._ready:
-            reason = self._failure or "timed out"
+            error = self._open_error or self._failure or "timed out"
             self.close()
-            raise BrokerUnavailable(f"cannot connect to {self._masked_url}: {reason}")
+            raise connection_failed(self._masked_url, error)
         _log.info("publisher connected", url=self._masked_url)
 
     def _on_connection_open(self, connection: Any) -> None:
@@ -190,7 +204,8 @@ class ConfirmingPublisher:
     # ---- failures --------------------------------------------------------------------------
 
     def _on_open_error(self, _connection: Any, error: BaseException | str) -> None:
-        self._failure = _describe(error)
+        self._open_error = error
+        self._failure = failure_reason(error)
         self._wake()
 
     def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
@@ -274,7 +289,8 @@ class ConfirmingPublisher:
     def _wake(self) -> None:
         if self._stop_when is None:
             return
-        if self._stop_when() or self._failure is not None or self._connection.is_closed:
+        failed = self._failure is not None and not self._closing
+        if self._stop_when() or failed or self._connection.is_closed:
             self._connection.ioloop.stop()
 
 

@@ -47,6 +47,7 @@ from producer_service.ports import (
     PublishOutcome,
 )
 from producer_service.settings import RelaySettings
+from shared.amqp import BrokerRefused
 from shared.errors import TransientError
 from shared.logging import event_context, get_logger
 
@@ -317,7 +318,10 @@ class OutboxRelay:
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     wait_s = state.next_action.sleep if state.next_action else 0.0
-    _log.warning(
+    # A refused login or vhost will not cure itself: an error, though still retried (an operator
+    # may be fixing the broker's users while the relay runs).
+    log = _log.error if isinstance(error, BrokerRefused) else _log.warning
+    log(
         "broker unavailable; retrying",
         attempt=state.attempt_number,
         retry_in_s=round(wait_s, 2),

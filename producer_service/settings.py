@@ -57,7 +57,9 @@ class ProducerSettings:
     @classmethod
     def from_env(cls, env: Environment) -> ProducerSettings:
         return cls(
-            database_url=env.text("PRODUCER_DATABASE_URL", sqlite_default_url("producer.sqlite3")),
+            database_url=env.database_url(
+                "PRODUCER_DATABASE_URL", sqlite_default_url("producer.sqlite3")
+            ),
             broker=broker_settings(env),
             logging=logging_settings(env),
             relay=RelaySettings(

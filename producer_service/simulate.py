@@ -15,9 +15,14 @@ from producer_service.registration import RegisterUser
 # How long the simulation keeps waiting for the relay once the published count stops growing.
 DEFAULT_SETTLE_S: Final = 10.0
 _POLL_S: Final = 0.2
+# While registering, how often a live display asks how many events are published (one query).
+_LIVE_POLL_S: Final = 0.5
 
 
 class SimulationProgress(Protocol):
+    live: bool
+    """True for a display someone watches: the published count is then polled as it grows."""
+
     def registered(self, done: int) -> None: ...
 
     def published(self, done: int) -> None: ...
@@ -32,6 +37,8 @@ class PublishesAtCommit(Protocol):
 
 
 class NoProgress:
+    live = False
+
     def registered(self, done: int) -> None:
         pass
 
@@ -84,6 +91,7 @@ class Simulation:
         run_id = uuid.uuid4().hex[:8]
         event_ids: list[str] = []
         started = self._clock()
+        next_poll = started + _LIVE_POLL_S
         for number in range(count):
             if self._stop.is_set():
                 break
@@ -99,6 +107,10 @@ class Simulation:
             if self._publish_now is not None and claim is not None:
                 self._publish_now.submit(registration.message, claim)
             progress.registered(len(event_ids))
+            if progress.live and self._clock() >= next_poll:
+                # Events are published at commit, while the rest are still registering.
+                progress.published(self._count_published(event_ids))
+                next_poll = self._clock() + _LIVE_POLL_S
         register_s = self._clock() - started
         published, last_progress = self._await_publication(event_ids, progress)
         return SimulationSummary(

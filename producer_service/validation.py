@@ -12,6 +12,7 @@ from typing import Final
 
 from email_validator import EmailNotValidError, validate_email
 
+from shared.display import quoted
 from shared.errors import PermanentError
 from shared.events import has_control_characters, has_encoded_word
 
@@ -31,9 +32,13 @@ USERNAME_RULES: Final = (
 EMAIL_RULES: Final = (
     "a syntactically valid address (no DNS lookup) with an ASCII part before the @; the domain "
     "is normalised (an international domain is stored in its ASCII xn-- form), and addresses "
-    "are unique regardless of case"
+    "are unique regardless of case; no control characters and no '=?'"
 )
-FULL_NAME_RULES: Final = f"optional, at most {FULL_NAME_MAX} characters, no control characters"
+FULL_NAME_RULES: Final = (
+    f"optional (leave the option out for none); 1-{FULL_NAME_MAX} characters once blanks at "
+    "either end are trimmed; no control characters, and no '=?' (mail software would decode it "
+    "as an encoded word)"
+)
 
 
 class ValidationError(PermanentError):
@@ -90,12 +95,18 @@ def validate_email_address(email: str) -> str:
 
 
 def validate_full_name(full_name: str | None) -> str | None:
-    """The name with surrounding blanks removed; None when absent or blank."""
+    """The name with surrounding blanks removed; None when absent.
+
+    A blank name is refused: `--full-name ""` is most likely a script's empty variable, and
+    storing no name for it would hide that.
+    """
     if full_name is None:
         return None
     cleaned = full_name.strip()
     if not cleaned:
-        return None
+        raise ValidationError(
+            "full name is empty; leave out --full-name to register without a full name"
+        )
     if len(cleaned) > FULL_NAME_MAX:
         raise ValidationError(f"full name is longer than {FULL_NAME_MAX} characters")
     _require_encodable("full name", cleaned)
@@ -128,6 +139,6 @@ def _require_encodable(field: str, value: str | None) -> None:
 
 
 def _quote(value: str, limit: int = 60) -> str:
-    # repr() escapes control characters, so the error message itself stays one safe line.
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # Control characters escaped, so the error message itself stays one safe line; a value cut
+    # short keeps its closing quote.
+    return quoted(value, limit)

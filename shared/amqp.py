@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -17,6 +18,60 @@ _log = get_logger(__name__)
 
 class BrokerUnavailable(TransientError):
     """The broker could not be reached or dropped the connection."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker answered but refused the credentials or the virtual host in AMQP_URL.
+
+    Configuration, not an outage: a service starting with it exits 2. It stays a
+    `BrokerUnavailable` so that a service already running keeps retrying (an operator may be
+    fixing the user or vhost), logging each refused attempt as an error.
+    """
+
+
+def failure_reason(error: BaseException | str) -> str:
+    """Why a connection attempt failed, in a few words (pika nests the real cause deeply).
+
+    Never quotes the URL: pika's messages name host, port and vhost at most, and the caller
+    adds the masked URL.
+    """
+    if isinstance(error, str):
+        return error
+    if isinstance(error, pika.exceptions.ProbableAuthenticationError):
+        return "the broker refused the user name or password (ACCESS_REFUSED)"
+    if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+        return "the broker refused the virtual host: it does not exist or the user has no access"
+    cause = _innermost(error)
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception at the bottom of pika's wrappers (`args[0]`, `exception`, `exceptions[-1]`)."""
+    for _ in range(10):  # bounded: a cycle in args must not hang a failure report
+        nested = getattr(error, "exceptions", None)
+        wrapped = getattr(error, "exception", None)  # pika's AMQPConnector*Error
+        if isinstance(nested, list | tuple) and nested and isinstance(nested[-1], BaseException):
+            error = nested[-1]
+        elif isinstance(wrapped, BaseException):
+            error = wrapped
+        elif error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        else:
+            break
+    return error
+
+
+def connection_failed(masked_url: str, error: BaseException | str) -> BrokerUnavailable:
+    """The error to raise for a failed connection attempt: refused, or unavailable."""
+    refused = isinstance(
+        error,
+        pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
+    )
+    kind = BrokerRefused if refused else BrokerUnavailable
+    return kind(f"cannot connect to {masked_url} (AMQP_URL): {failure_reason(error)}")
 
 
 def mask_url(url: str) -> str:
@@ -87,8 +142,22 @@ def open_connection(settings: BrokerSettings) -> pika.BlockingConnection:
     try:
         connection = pika.BlockingConnection(parameters)
     except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as error:
-        raise BrokerUnavailable(
-            f"cannot connect to {masked}: {type(error).__name__}: {error}".rstrip(": ")
-        ) from None
+        raise connection_failed(masked, error) from None
     _log.info("broker connected", url=masked, heartbeat_s=settings.heartbeat_s)
     return connection
+
+
+def refuse_bad_credentials(settings: BrokerSettings) -> None:
+    """At start-up: `BrokerRefused` if the broker refuses AMQP_URL's user or vhost.
+
+    One connection, closed at once. A broker that cannot be reached passes: the service then
+    waits for it, as it would for any outage.
+    """
+    try:
+        connection = open_connection(settings)
+    except BrokerRefused:
+        raise
+    except BrokerUnavailable:
+        return
+    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+        connection.close()

@@ -7,15 +7,17 @@ is a numbered list of steps per component; each start applies the steps not yet 
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransientError
 
 Migration = Callable[[Connection], None]
 
@@ -145,3 +147,76 @@ def _version_in(connection: Connection, component: str) -> int:
         sa.select(_migrations_table.c.version).where(_migrations_table.c.component == component)
     ).scalar_one_or_none()
     return int(version or 0)
+
+
+# ---- errors at start-up ---------------------------------------------------------------------
+
+# Driver messages that mean the URL names something that is not there or not ours: fixing them
+# takes a change of configuration, not waiting.
+_CONFIGURATION_PROBLEMS: Final = re.compile(
+    r"does not exist|authentication failed|no password supplied|unable to open database file"
+    r"|readonly database|not a database|permission denied|is a directory",
+    re.IGNORECASE,
+)
+
+
+class DatabaseUnreachable(TransientError):
+    """The database named by the URL did not answer (down, or a network problem)."""
+
+
+def reason_of(error: BaseException) -> str:
+    """The driver's exception type and first line, white space collapsed: fit for one line.
+
+    The first line names the problem and never a password; SQLAlchemy's own text would add the
+    statement, and a driver's later lines (PostgreSQL's DETAIL) the values.
+    """
+    original = getattr(error, "orig", None) or error
+    lines = str(original).strip().splitlines()
+    first_line = re.sub(r"\s+", " ", lines[0]) if lines else ""
+    return f"{type(original).__name__}: {first_line}".rstrip(": ")
+
+
+@contextmanager
+def naming_the_variable(variable: str, url: str) -> Iterator[None]:
+    """Turn a failure to open the database into an error naming `variable` and the reason.
+
+    A missing database, refused login or unusable SQLite path raises `ConfigError` (exit 2);
+    anything else `DatabaseUnreachable`. The URL itself is never quoted (it may hold a password);
+    an SQLite file's path is.
+    """
+    try:
+        yield
+    except OSError as error:
+        # The SQLite file's folder could not be created.
+        raise ConfigError(
+            f"{variable} names an unusable path: {error.strerror or type(error).__name__}: "
+            f"{error.filename}"
+        ) from None
+    except sa.exc.SQLAlchemyError as error:
+        reason = reason_of(error)
+        where = _sqlite_path(url)
+        subject = f"{variable} (SQLite file {where})" if where else variable
+        if _CONFIGURATION_PROBLEMS.search(reason):
+            raise ConfigError(f"{subject}: the database cannot be used: {reason}") from None
+        raise DatabaseUnreachable(f"{subject}: the database is unavailable: {reason}") from None
+
+
+def _sqlite_path(url: str) -> str | None:
+    if not url.startswith("sqlite"):
+        return None
+    try:
+        database = sa.engine.make_url(url).database
+    except (sa.exc.ArgumentError, ValueError):
+        return None
+    return str(Path(database).resolve()) if database and database != ":memory:" else None
+
+
+def check_database(url: str, variable: str) -> None:
+    """Connect once, at start-up, so a bad URL is reported naming `variable` and the reason."""
+    with naming_the_variable(variable, url):
+        engine = create_database_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        finally:
+            engine.dispose()

@@ -19,12 +19,16 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from shared.settings import LoggingSettings
 
 REDACTED = "***"
+# Third-party loggers whose lines only repeat, at length and with tracebacks, a failure that our
+# own code catches and logs once with its reason (a broker that is down gave 7 ERROR lines and a
+# traceback per connection attempt). They are shown only with LOG_LEVEL=DEBUG.
+QUIET_LIBRARIES = ("pika",)
 
 
 class SecretRedactor:
     """A structlog processor that replaces every registered secret in every string value."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Very short "secrets" (say, a one-letter password) would redact ordinary words.
         self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
 
@@ -34,6 +38,10 @@ class SecretRedactor:
         for key, value in event_dict.items():
             event_dict[key] = self._redact(value)
         return event_dict
+
+    def redact_text(self, text: str) -> str:
+        redacted: str = self._redact(text)
+        return redacted
 
     def _redact(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -51,6 +59,8 @@ def configure_logging(
     settings: LoggingSettings, *, service: str, secrets: Iterable[str] = ()
 ) -> None:
     """Configure structlog and the standard library; call once from a composition root."""
+    global _active_redactor
+    _active_redactor = SecretRedactor(secrets)
     shared_processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -60,7 +70,7 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         # Last before rendering, so exception text and library messages are redacted too.
-        SecretRedactor(secrets),
+        _active_redactor,
     ]
     if _use_json(settings):
         renderer: Processor = structlog.processors.JSONRenderer()
@@ -81,13 +91,42 @@ def configure_logging(
         foreign_pre_chain=shared_processors,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # pika is chatty at INFO about every connection step; its warnings and errors still show.
-    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
+        )
+
+
+_active_redactor = SecretRedactor()
+
+
+def redact(text: str) -> str:
+    """`text` with the secrets given to `configure_logging` masked (for lines not logged)."""
+    return _active_redactor.redact_text(text)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is logged, not when logging was set up.
+
+    A live display (rich's progress bars for `simulate`) replaces `sys.stderr` while it runs, so
+    that log lines are printed above the bars instead of through them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
 
 
 def _use_json(settings: LoggingSettings) -> bool:

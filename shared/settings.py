@@ -18,6 +18,7 @@ DEFAULT_AMQP_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
 LogFormat = Literal["auto", "json", "console"]
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_DATABASE_SCHEMES: Final = ("sqlite:", "postgresql:", "postgres:", "postgresql+psycopg:")
 
 
 class Environment:
@@ -26,9 +27,12 @@ class Environment:
     def __init__(self, values: Mapping[str, str] | None = None) -> None:
         self._values = dict(os.environ if values is None else values)
         self.names_read: set[str] = set()
+        # Name -> default, in the order first read: what `--help` lists.
+        self.defaults: dict[str, str] = {}
 
     def text(self, name: str, default: str) -> str:
         self.names_read.add(name)
+        self.defaults.setdefault(name, default)
         value = self._values.get(name)
         return default if value is None or value.strip() == "" else value.strip()
 
@@ -77,6 +81,16 @@ class Environment:
         if any(value <= 0 for value in values):
             raise ConfigError(f"{name} must hold positive numbers only")
         return values
+
+    def database_url(self, name: str, default: str) -> str:
+        """A database URL: `sqlite:///...` or `postgresql://...` (the two databases supported)."""
+        url = self.text(name, default)
+        if not url.startswith(_DATABASE_SCHEMES):
+            scheme = url.partition(":")[0][:20]
+            raise ConfigError(
+                f"{name} must start with sqlite:/// or postgresql://, got a {scheme!r} URL"
+            )
+        return url
 
     def secret(self, name: str) -> str:
         """Like `text` with an empty default; kept apart so secrets are easy to find."""

@@ -187,5 +187,58 @@ def test_a_bad_setting_exits_2_with_one_line() -> None:
     result = _cli("http://not-amqp", "dlq", "list")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "email-consumer: AMQP_URL must start with amqp:// or amqps://"
+        "email-consumer: error: configuration error: AMQP_URL must start with amqp:// or amqps://"
     ]
+
+
+POISON_ID = "evil\x1b[2J\x1b[H\x9b31m\u202eid\x07"
+
+
+def _seed_poison(amqp_url: str) -> None:
+    """A dead letter whose message id and error text hold terminal control sequences."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        topology.declare_topology(channel, retry_delays_s=TEST_RETRY_DELAYS)
+        channel.confirm_delivery()
+        channel.basic_publish(
+            topology.DEAD_LETTER_EXCHANGE,
+            topology.DEAD_LETTER_QUEUE,
+            b"{}",
+            properties=pika.BasicProperties(
+                delivery_mode=2,
+                message_id=POISON_ID,
+                headers={
+                    failure_headers.ERROR_TYPE: "Evil\x1b]0;owned\x07",
+                    failure_headers.ERROR_MESSAGE: "line one\rline two\x1b[1A",
+                    failure_headers.DEAD_LETTER_REASON: "malformed",
+                },
+            ),
+            mandatory=True,
+        )
+    finally:
+        connection.close()
+
+
+def _controls(text: str) -> set[str]:
+    return {
+        char for char in text if (ord(char) < 0x20 and char != "\n") or 0x7F <= ord(char) < 0xA0
+    } | ({"\u202e"} & set(text))
+
+
+def test_list_shows_control_characters_escaped_in_the_table_and_in_json(amqp_url: str) -> None:
+    _seed_poison(amqp_url)
+
+    table = _cli(amqp_url, "dlq", "list")
+    as_json = _cli(amqp_url, "dlq", "list", "--json")
+
+    assert table.returncode == 0, table.stderr
+    assert as_json.returncode == 0, as_json.stderr
+    for output in (table.stdout, as_json.stdout):
+        assert _controls(output) == set(), repr(output)
+    assert "evil\\x1b[2J\\x1b[H\\x9b31m\\u202eid\\x07" in table.stdout
+    assert "Evil\\x1b]0;owned\\x07" in table.stdout
+    [row] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert row["event_id"] == POISON_ID  # escaped on screen, the same value when decoded
+    assert row["error_message"] == "line one\rline two\x1b[1A"
+    assert len(dead_letters(amqp_url)) == 1

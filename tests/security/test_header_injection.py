@@ -29,7 +29,7 @@ from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 MAIL_FROM = "Example <welcome@example.com>"
 EVENT_ID = "6f1c0c3e-8a8e-4d55-9a39-3f7f4b8a2c11"
 TOP_LEVEL_HEADERS = frozenset(
-    {"From", "To", "Subject", "Message-ID", "X-Event-ID", "MIME-Version", "Content-Type"}
+    {"From", "To", "Subject", "Date", "Message-ID", "X-Event-ID", "MIME-Version", "Content-Type"}
 )
 PART_HEADERS = frozenset({"Content-Type", "Content-Transfer-Encoding", "MIME-Version"})
 # The elements and attributes of the templates themselves; user text must add none.

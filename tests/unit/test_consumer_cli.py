@@ -17,7 +17,9 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
-    assert "usage: email-consumer" in capsys.readouterr().err
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("email-consumer")
+    assert ": error: " in line
 
 
 def test_a_bad_setting_exits_2_with_one_line(
@@ -26,7 +28,8 @@ def test_a_bad_setting_exits_2_with_one_line(
     monkeypatch.setenv("SMTP_PORT", "twenty-five")
     assert main(["dlq", "list"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "email-consumer: SMTP_PORT must be a whole number, got 'twenty-five'"
+        "email-consumer: error: configuration error: SMTP_PORT must be a whole number, "
+        "got 'twenty-five'"
     ]
 
 
@@ -43,7 +46,7 @@ def test_an_unloadable_amqp_tls_file_exits_2_at_start_up_before_anything_is_open
     monkeypatch.setenv("CONSUMER_DATABASE_URL", f"sqlite:///{database}")
     assert main(command) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("email-consumer: AMQP TLS files cannot be loaded")
+    assert line.startswith("email-consumer: error: configuration error: AMQP TLS files cannot")
     assert "tls-secret" not in line
     assert not database.exists(), "nothing may be opened or stored before the check"
 

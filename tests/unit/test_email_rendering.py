@@ -61,6 +61,36 @@ def test_headers_follow_the_contract(renderer: WelcomeRenderer) -> None:
     assert message["X-Event-ID"] == EVENT_ID
 
 
+# What a receiving mail server expects of every message (RFC 5322 3.6: Date and From are
+# required, once each; To, Subject and Message-ID once at most, and here always) and of a MIME
+# one (RFC 2045: MIME-Version, and each part's type and transfer encoding).
+_ONCE_EACH = ("Date", "From", "To", "Subject", "Message-ID", "MIME-Version", "Content-Type")
+
+
+@pytest.mark.parametrize(
+    "address", ["alice@example.com", "zoe@bücher.example"], ids=["direct", "email-package"]
+)
+@pytest.mark.parametrize("way", ["render", "render_with_email_package"])
+def test_every_header_a_mail_server_expects_is_there_once(
+    renderer: WelcomeRenderer, address: str, way: str
+) -> None:
+    event = _event(email_address=address)
+    data = getattr(renderer, way)(event).data
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    for name in _ONCE_EACH:
+        assert len(message.get_all(name) or []) == 1, name
+    assert message["MIME-Version"] == "1.0"
+    assert message.get_content_type() == "multipart/alternative"
+    sent_at = message["Date"].datetime
+    assert sent_at.utcoffset() is not None
+    assert sent_at == event.occurred_at.replace(microsecond=0)
+    for part, subtype in zip(message.iter_parts(), ("plain", "html"), strict=True):
+        assert part.get_content_type() == f"text/{subtype}"
+        assert part.get_content_charset() == "utf-8"
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+
+
 def test_without_a_full_name_the_username_is_greeted(renderer: WelcomeRenderer) -> None:
     message = _wire(renderer, _event(full_name=None))
     assert message["To"] == "alice@example.com"
@@ -124,7 +154,16 @@ def test_no_full_name_adds_or_changes_a_header(name: str) -> None:
     renderer = WelcomeRenderer(parse_mail_from("Example <welcome@example.com>"))
     reparsed = _wire(renderer, _event(full_name=name))
     assert sorted(reparsed.keys()) == sorted(
-        ["To", "From", "Subject", "Message-ID", "X-Event-ID", "MIME-Version", "Content-Type"]
+        [
+            "To",
+            "From",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "X-Event-ID",
+            "MIME-Version",
+            "Content-Type",
+        ]
     )
     assert [a.addr_spec for a in reparsed["To"].addresses] == ["alice@example.com"]
     assert reparsed["X-Event-ID"] == EVENT_ID

@@ -85,8 +85,6 @@ def test_email_check_needs_no_dns() -> None:
     ("given_name", "stored"),
     [
         (None, None),
-        ("", None),
-        ("   ", None),
         ("  Alice Liddell ", "Alice Liddell"),
         ("Zoë", "Zoë"),
     ],
@@ -174,3 +172,32 @@ def test_the_control_character_rule_is_the_one_the_event_parser_applies() -> Non
 def test_an_address_holding_an_encoded_word_is_refused() -> None:
     with pytest.raises(ValidationError, match="=\\?"):
         validate_email_address("=?utf-8?q?x?=@example.com")
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_a_blank_full_name_is_refused_not_dropped(blank: str) -> None:
+    with pytest.raises(ValidationError, match="full name is empty; leave out --full-name"):
+        validate_full_name(blank)
+
+
+def test_a_long_value_cut_short_in_an_error_keeps_its_closing_quote() -> None:
+    with pytest.raises(ValidationError) as refused:
+        validate_username("!" + "x" * 300)
+    quoted_value = str(refused.value).removeprefix("invalid username ").partition(": ")[0]
+    assert quoted_value.startswith("'!xxx")
+    assert quoted_value.endswith("...'")
+    assert len(quoted_value) <= 60
+
+
+def test_an_escape_sequence_in_a_value_is_shown_escaped_in_the_error() -> None:
+    with pytest.raises(ValidationError) as refused:
+        validate_username("a\x1b[2Jb")
+    assert "\x1b" not in str(refused.value)
+    assert "'a\\x1b[2Jb'" in str(refused.value)
+
+
+def test_the_help_texts_state_the_encoded_word_rule() -> None:
+    from producer_service.validation import EMAIL_RULES, FULL_NAME_RULES
+
+    assert "'=?'" in FULL_NAME_RULES
+    assert "'=?'" in EMAIL_RULES
