@@ -10,7 +10,8 @@ Pure functions over header dictionaries, so the worker and the DLQ tools agree o
 | `error-type` | class name of the latest error (e.g. `SmtpRejected`, `InvalidEvent`) |
 | `error-message` | its message, cut to `ERROR_MESSAGE_BUDGET_BYTES` bytes of UTF-8 |
 | `smtp-code` | the mail server's reply code, when the error was an SMTP reply |
-| `dead-letter-reason` | why it went to the DLQ: `permanent`, `retries-exhausted`, `malformed`, `uncertain` |
+| `dead-letter-reason` | why it went to the DLQ: `permanent`, `retries-exhausted`, `malformed`, |
+| | `uncertain` |
 | `worker-host` | host name of the worker that moved the event |
 | `original-routing-key` | the routing key it was first published with |
 | `replay-count` | how many times `dlq replay` sent it back |
