@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from email_consumer.errors import StoreUnavailable
 from email_consumer.ports import Claim
-from shared.database import apply_migrations, create_database_engine, is_sqlite
+from shared.database import apply_migrations, create_database_engine, db_now, is_sqlite
 
 COMPONENT = "email_consumer"
 _SENT = "sent"
@@ -30,7 +30,9 @@ processed_events = sa.Table(
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("claim_token", sa.String(64), nullable=True),
-    # Seconds since the epoch: comparable on every backend without time-zone surprises.
+    # Seconds since the epoch by the database's clock (`db_now`), which every worker sharing
+    # the database compares with the same clock: comparable on every backend without time-zone
+    # surprises.
     sa.Column("lease_until", sa.Float, nullable=True),
     sa.Column("sent_at", sa.Float, nullable=True),
 )
@@ -50,17 +52,18 @@ _INSERT_CLAIM = _table.insert().values(
     event_id=sa.bindparam("p_event_id"),
     status=_CLAIMED,
     claim_token=sa.bindparam("p_token"),
-    lease_until=sa.bindparam("p_lease_until"),
+    lease_until=db_now() + sa.bindparam("p_lease_s"),
 )
-# Takes over a claim only when its lease ran out, in the same atomic UPDATE.
+# Takes over a claim only when its lease ran out, in the same atomic UPDATE. Both the lease and
+# the test run by the database's clock: a worker whose own clock runs ahead takes over nothing.
 _TAKE_OVER_EXPIRED_CLAIM = (
     _table.update()
     .where(
         _table.c.event_id == sa.bindparam("p_event_id"),
         _table.c.status == _CLAIMED,
-        _table.c.lease_until < sa.bindparam("p_now"),
+        _table.c.lease_until < db_now(),
     )
-    .values(claim_token=sa.bindparam("p_token"), lease_until=sa.bindparam("p_lease_until"))
+    .values(claim_token=sa.bindparam("p_token"), lease_until=db_now() + sa.bindparam("p_lease_s"))
 )
 _SELECT_STATUS = sa.select(_table.c.status).where(_table.c.event_id == sa.bindparam("p_event_id"))
 # Unconditional on the token: the email went out, whoever holds the claim now.
@@ -130,6 +133,8 @@ class SqlProcessedEvents:
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
+        # For the record's own times (sent_at, the retention), never for a lease: leases run by
+        # the database's clock, which every worker sharing the database reads alike.
         self._clock = clock
         # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
         # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
@@ -174,16 +179,13 @@ class SqlProcessedEvents:
         return cls(engine, clock)
 
     def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
-        now = self._clock()
         try:
-            return self._claim(event_id, token, now, now + lease_s)
+            return self._claim(event_id, token, lease_s)
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 
-    def _claim(
-        self, event_id: str, token: str, now: float, lease_until: float, *, rounds: int = 3
-    ) -> Claim:
-        params = {"p_event_id": event_id, "p_token": token, "p_lease_until": lease_until}
+    def _claim(self, event_id: str, token: str, lease_s: float, *, rounds: int = 3) -> Claim:
+        params = {"p_event_id": event_id, "p_token": token, "p_lease_s": lease_s}
         try:
             with self._transaction() as connection:
                 connection.execute(_INSERT_CLAIM, params)
@@ -191,9 +193,7 @@ class SqlProcessedEvents:
         except sa.exc.IntegrityError:
             pass  # the event is known: sent, or claimed by someone else
         with self._transaction() as connection:
-            taken_over = connection.execute(
-                _TAKE_OVER_EXPIRED_CLAIM, {**params, "p_now": now}
-            ).rowcount
+            taken_over = connection.execute(_TAKE_OVER_EXPIRED_CLAIM, params).rowcount
             if taken_over == 1:
                 return Claim.CLAIMED
             status = connection.execute(
@@ -205,7 +205,7 @@ class SqlProcessedEvents:
             return self._claim_resend(event_id, token, now, lease_until)
         if status is None and rounds > 1:
             # Released between our INSERT and SELECT: free again, so try once more.
-            return self._claim(event_id, token, now, lease_until, rounds=rounds - 1)
+            return self._claim(event_id, token, lease_s, rounds=rounds - 1)
         return Claim.HELD_ELSEWHERE
 
     def mark_sent(self, event_id: str, token: str) -> None:

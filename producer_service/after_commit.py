@@ -73,7 +73,6 @@ class PublishAfterCommit:
         reconnect_after_s: float = DEFAULT_RECONNECT_AFTER_S,
         close_timeout_s: float = 30.0,
         stop: threading.Event | None = None,
-        wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._outbox = outbox
@@ -86,7 +85,8 @@ class PublishAfterCommit:
         self._close_timeout_s = close_timeout_s
         # Once set (SIGTERM), nothing more is published: what is queued goes to the relay.
         self._stop = stop or threading.Event()
-        self._wall_clock = wall_clock
+        # Monotonic: the leases themselves run by the database's clock (see `Claim`); this one
+        # only tells how much of a lease taken here is left.
         self._clock = clock
         self._token = uuid.uuid4().hex
         self._handed_over: queue.SimpleQueue[_Handed] = queue.SimpleQueue()
@@ -134,7 +134,7 @@ class PublishAfterCommit:
         here (the event is then stored unclaimed, for the relay)."""
         if self._paused:
             return None
-        return Claim(self._token, self._wall_clock() + self._lease_s)
+        return Claim(self._token, self._lease_s, self._clock() + self._lease_s)
 
     def submit(self, message: OutboxMessage, claim: Claim) -> None:
         """Publish this committed event, stored under `claim`, soon; never blocks or raises."""
@@ -220,7 +220,7 @@ class PublishAfterCommit:
         # connecting (which can take seconds), just before publishing.
         fresh = list(batch)
         while True:  # releasing can wait for a lock, so look again after each release
-            latest_start = self._wall_clock() + self._confirm_timeout_s + _LEASE_MARGIN_S
+            latest_start = self._clock() + self._confirm_timeout_s + _LEASE_MARGIN_S
             late = [message for message, claim in fresh if claim.until <= latest_start]
             if not late:
                 break

@@ -58,10 +58,17 @@ class PublishOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A publisher's hold on outbox rows: relays skip them until `until` (seconds since the
-    epoch), and only marks made under the same `token` touch them."""
+    """A publisher's hold on the outbox rows stored under it: relays skip them for `lease_s`
+    seconds from the insert, by the database's clock, and only marks made under the same
+    `token` touch them.
+
+    `until` is the claimant's own deadline on its monotonic clock (`time.monotonic()`), taken
+    before the insert: the lease the database records ends no earlier, whatever the claimant's
+    wall clock says, so publishing only while `until` lies ahead keeps within the lease.
+    """
 
     token: str
+    lease_s: float
     until: float
 
 

@@ -53,7 +53,8 @@ outbox = sa.Table(
     # Set while a relay (or `register`) publishes the row, outside any transaction: others skip
     # it until `claimed_until`, after which a crashed publisher's rows are claimable again.
     sa.Column("claim_token", sa.String(32), nullable=True),
-    # Seconds since the epoch: compares the same on every backend, without time-zone surprises.
+    # Seconds since the epoch by the database's clock (`shared.database.db_now`), never a
+    # claimant's: compares the same on every backend, without time-zone surprises.
     sa.Column("claimed_until", sa.Float, nullable=True),
     sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -24,7 +23,7 @@ from producer_service.ports import (
 )
 from producer_service.schema import outbox, users
 from producer_service.validation import email_key, username_key
-from shared.database import is_sqlite
+from shared.database import db_now, is_sqlite
 
 # Well under every database's limit on bound parameters in one statement.
 _IN_LIST_SIZE: Final = 1000
@@ -48,9 +47,8 @@ class SqlRegistrationStore:
             with self._engine.begin() as connection:
                 # Parameters passed apart from the statement keep its compiled form cached.
                 connection.execute(_INSERT_USER, _user_row(user))
-                outbox_id = connection.execute(
-                    _INSERT_EVENT, _outbox_row(message, claim)
-                ).scalar_one()
+                insert = _INSERT_EVENT if claim is None else _INSERT_CLAIMED_EVENT
+                outbox_id = connection.execute(insert, _outbox_row(message, claim)).scalar_one()
                 return int(outbox_id)
         except sa.exc.IntegrityError:
             self._raise_if_taken(user)
@@ -124,21 +122,15 @@ class SqlOutboxStore:
     (BEGIN IMMEDIATE), registrations never wait for a confirm.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        lease_s: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, engine: Engine, *, lease_s: float) -> None:
         self._engine = engine
         self._sqlite = is_sqlite(engine)
+        # Leases run by the database's clock (`db_now`): they are compared across processes,
+        # and on PostgreSQL across hosts, whose own clocks may disagree.
         self._lease_s = lease_s
         skip_locked = not self._sqlite
         self._claim_next = _claim_statement(by_event_id=False, skip_locked=skip_locked)
         self._claim_named = _claim_statement(by_event_id=True, skip_locked=skip_locked)
-        # Wall-clock time: leases are compared across processes (and hosts, on PostgreSQL).
-        self._clock = clock
 
     @contextmanager
     def claim_pending(
@@ -170,13 +162,11 @@ class SqlOutboxStore:
         limit: int,
         event_ids: Sequence[str] | None,
     ) -> list[OutboxMessage]:
-        now = self._clock()
         parameters: dict[str, Any] = {
             "after_id": after_id,
-            "now": now,
             "limit": limit,
             "token": token,
-            "lease_until": now + self._lease_s,
+            "lease_s": self._lease_s,
         }
         if event_ids is None:
             claim = self._claim_next
@@ -221,6 +211,16 @@ class SqlOutboxStore:
 
 _INSERT_USER: Final = users.insert()
 _INSERT_EVENT: Final = outbox.insert().returning(outbox.c.id)
+# Stored claimed by the publisher that registers it, for `lease_s` seconds of the database's
+# clock from the insert.
+_INSERT_CLAIMED_EVENT: Final = (
+    outbox.insert()
+    .values(
+        claim_token=sa.bindparam("p_claim_token"),
+        claimed_until=db_now() + sa.bindparam("p_lease_s"),
+    )
+    .returning(outbox.c.id)
+)
 _CLAIMED_BY_US: Final = outbox.c.claim_token == sa.bindparam("token")
 _ROW_IDS: Final = outbox.c.id.in_(sa.bindparam("row_ids", expanding=True))
 _MARK_PUBLISHED: Final = (
@@ -254,7 +254,7 @@ def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
         .where(
             outbox.c.published_at.is_(None),
             outbox.c.id > sa.bindparam("after_id"),
-            sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < sa.bindparam("now")),
+            sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < db_now()),
         )
         .order_by(outbox.c.id)
         .limit(sa.bindparam("limit"))
@@ -270,7 +270,10 @@ def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
     return (
         outbox.update()
         .where(outbox.c.id.in_(sa.select(picked.c.id)))
-        .values(claim_token=sa.bindparam("token"), claimed_until=sa.bindparam("lease_until"))
+        .values(
+            claim_token=sa.bindparam("token"),
+            claimed_until=db_now() + sa.bindparam("lease_s"),
+        )
         .returning(*_MESSAGE_COLUMNS)
     )
 
@@ -319,8 +322,8 @@ def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
         "created_at": message.created_at,
     }
     if claim is not None:  # unclaimed rows leave the columns to their default (NULL)
-        row["claim_token"] = claim.token
-        row["claimed_until"] = claim.until
+        row["p_claim_token"] = claim.token
+        row["p_lease_s"] = claim.lease_s
     return row
 
 

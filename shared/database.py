@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from shared.errors import ConfigError, TransientError
 
@@ -67,7 +69,14 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # registrations, a relay) wait for the lock instead of failing at once.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not NORMAL: in WAL mode NORMAL syncs the WAL only at checkpoints, so "a
+        # transaction committed in WAL mode with synchronous=NORMAL might roll back following a
+        # power loss or system crash" (https://www.sqlite.org/pragma.html#pragma_synchronous);
+        # FULL syncs the WAL at every commit (https://www.sqlite.org/wal.html, "Performance
+        # Considerations"). A registration `register` confirmed, perhaps already published, and
+        # the worker's "sent" mark must outlive a power cut, or the user exists in the broker
+        # only, or gets the email twice. Its cost is in docs/PERFORMANCE.md.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -87,6 +96,33 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
             raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
 
     return engine
+
+
+class db_now(sa.sql.functions.FunctionElement[float]):  # noqa: N801 - reads as a SQL function
+    """The database's clock, in seconds since the epoch, as a SQL expression.
+
+    Leases are decided by this clock, never by the claiming process's: every process sharing a
+    database (workers or relays on several hosts, for PostgreSQL) then compares its lease with
+    one and the same clock, and a host whose clock runs ahead cannot take over a live claim. It
+    compiles per dialect, so a statement using it is built once and serves both databases.
+    """
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _postgresql_now(_element: db_now, _compiler: SQLCompiler, **_options: Any) -> str:
+    # clock_timestamp(), not now(): now() is the transaction's start, which can lie behind by
+    # however long the transaction waited for a row lock.
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(_element: db_now, _compiler: SQLCompiler, **_options: Any) -> str:
+    # julianday counts days from noon, 24 November 4714 BC; 2440587.5 is 1970-01-01 00:00 UTC.
+    # (unixepoch('subsec') would say it directly, but needs SQLite 3.42.) Millisecond precision.
+    return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 def is_sqlite(engine: Engine) -> bool:

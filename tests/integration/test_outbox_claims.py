@@ -1,8 +1,10 @@
-"""The outbox's claims: no lock held while the broker confirms, leases that expire, the upgrade.
+"""The outbox's claims: no lock held while the broker confirms, leases that expire by the
+database's clock whatever a claimant's clock says, the upgrade.
 
 Real SQLite files and a real PostgreSQL database, the real RabbitMQ; the one stand-in is a
 publisher that holds its batch until the test lets it go, to keep a batch "waiting for
-confirms" for as long as the test needs.
+confirms" for as long as the test needs. A lease "runs out" by moving its end back in the
+table, as the passing of that much time would.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from producer_service.relay import OutboxRelay
 from producer_service.schema import COMPONENT, MIGRATIONS, outbox, upgrade
 from producer_service.settings import RelaySettings
 from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
-from shared.database import apply_migrations, create_database_engine
+from shared.database import apply_migrations, create_database_engine, db_now
 from shared.settings import Environment
 from shared.topology import ROUTING_KEY
 from tests.support.producer import (
@@ -34,6 +36,7 @@ from tests.support.producer import (
     run_producer,
 )
 from tests.support.producer_fakes import FakeInFlight
+from tests.support.shifted_clock import LEASE_S, run_shifted
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 SETTINGS = RelaySettings(batch_size=10, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
@@ -66,6 +69,24 @@ def _ids(messages: Sequence[OutboxMessage]) -> list[str]:
 
 def _published(database_url: str) -> list[str]:
     return [row.event_id for row in outbox_rows(database_url) if row.published_at is not None]
+
+
+def _pass_time_on_claims(engine: sa.Engine, seconds: float) -> None:
+    """Move every claim's end `seconds` back: the database's clock moved on that much."""
+    with engine.begin() as connection:
+        connection.execute(
+            outbox.update()
+            .where(outbox.c.claimed_until.is_not(None))
+            .values(claimed_until=outbox.c.claimed_until - seconds)
+        )
+
+
+def _lease_left_s(engine: sa.Engine, event_id: str) -> float:
+    with engine.connect() as connection:
+        left = connection.execute(
+            sa.select(outbox.c.claimed_until - db_now()).where(outbox.c.event_id == event_id)
+        ).scalar_one()
+    return float(left)
 
 
 class HeldPublisher:
@@ -148,11 +169,12 @@ def test_an_expired_claim_is_taken_over_and_published_once_without_being_clobber
     amqp_url: str, database_url: str, producer: Producer
 ) -> None:
     events = _register(producer.engine, "alice", "bob")
-    # A relay whose lease ended an hour ago: it died, or stalled, after claiming.
-    stalled_relay = SqlOutboxStore(producer.engine, lease_s=1.0, clock=lambda: time.time() - HOUR_S)
+    stalled_relay = SqlOutboxStore(producer.engine, lease_s=HOUR_S)
 
     with stalled_relay.claim_pending(after_id=0, limit=10) as stalled:
         assert _ids(stalled.messages) == events
+        # It died, or stalled, after claiming, and its lease ended an hour ago.
+        _pass_time_on_claims(producer.engine, 2 * HOUR_S)
         assert producer.relay().run_once().published == 2
         # Its marks, when it comes back, touch nothing: the rows are someone else's now.
         stalled.mark_failed(dict.fromkeys(events, "no confirm within 10 s"))
@@ -228,9 +250,8 @@ def test_an_event_stored_claimed_is_the_relays_only_once_its_lease_has_run_out(
 ) -> None:
     # What `simulate` does: the registration stores its event already claimed by its publisher.
     register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
-    clock = [time.time()]
-    store = SqlOutboxStore(engine, lease_s=HOUR_S, clock=lambda: clock[0])
-    live = Claim("publisher-at-commit", clock[0] + 60)
+    store = SqlOutboxStore(engine, lease_s=HOUR_S)
+    live = Claim("publisher-at-commit", 60, time.monotonic() + 60)
     held = register("alice", "alice@example.com", claim=live)
     free = register("bob", "bob@example.com")
 
@@ -238,7 +259,7 @@ def test_an_event_stored_claimed_is_the_relays_only_once_its_lease_has_run_out(
         assert _ids(batch.messages) == [free.event_id]
         batch.mark_published([free.event_id])
 
-    clock[0] += 61  # the claimant died: its lease runs out
+    _pass_time_on_claims(engine, 61)  # the claimant died: its lease runs out
     with store.claim_pending(after_id=0, limit=10) as batch:
         assert _ids(batch.messages) == [held.event_id]
 
@@ -248,11 +269,13 @@ def test_marks_under_a_claim_made_at_insert_publish_and_release_only_that_claims
 ) -> None:
     register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
     store = SqlOutboxStore(engine, lease_s=HOUR_S)
-    ours = Claim("ours", time.time() + 60)
+    ours = Claim("ours", 60, time.monotonic() + 60)
     published, released = (
         register(name, f"{name}@example.com", claim=ours) for name in ("alice", "bob")
     )
-    theirs = register("carol", "carol@example.com", claim=Claim("theirs", time.time() + 60))
+    theirs = register(
+        "carol", "carol@example.com", claim=Claim("theirs", 60, time.monotonic() + 60)
+    )
 
     with store.claimed([published.message, released.message, theirs.message], "ours") as batch:
         batch.mark_published([published.event_id, theirs.event_id])
@@ -269,3 +292,42 @@ def test_marks_under_a_claim_made_at_insert_publish_and_release_only_that_claims
         None,
         "theirs",
     )
+
+
+def test_a_relay_whose_clock_runs_ahead_takes_over_no_live_claim(
+    database_url: str, engine: sa.Engine
+) -> None:
+    events = _register(engine, "alice", "bob")
+    store = SqlOutboxStore(engine, lease_s=LEASE_S)
+
+    with store.claim_pending(after_id=0, limit=10) as batch:
+        assert _ids(batch.messages) == events
+        # Meanwhile a relay on a host whose clock is an hour ahead looks for work: by its clock
+        # the lease ended long ago, by the database's it has a minute left.
+        assert run_shifted(HOUR_S, "relay-claim", database_url) == []
+        batch.mark_published(events)
+
+    assert _published(database_url) == events
+
+
+def test_an_event_stored_claimed_by_a_process_whose_clock_runs_behind_is_not_taken_over(
+    database_url: str, engine: sa.Engine
+) -> None:
+    # `simulate` on a host whose clock is an hour behind stores its event claimed for a minute.
+    held = run_shifted(-HOUR_S, "register-claimed", database_url)
+
+    assert 0 < _lease_left_s(engine, held) <= LEASE_S
+    with SqlOutboxStore(engine, lease_s=HOUR_S).claim_pending(after_id=0, limit=10) as batch:
+        assert _ids(batch.messages) == []
+
+
+def test_an_event_stored_claimed_by_a_process_whose_clock_runs_ahead_is_the_relays_after_the_lease(
+    database_url: str, engine: sa.Engine
+) -> None:
+    # Its clock an hour ahead: should it die now, the relay must wait one lease, not an hour more.
+    held = run_shifted(HOUR_S, "register-claimed", database_url)
+
+    assert 0 < _lease_left_s(engine, held) <= LEASE_S
+    _pass_time_on_claims(engine, LEASE_S)
+    with SqlOutboxStore(engine, lease_s=HOUR_S).claim_pending(after_id=0, limit=10) as batch:
+        assert _ids(batch.messages) == [held]

@@ -1,8 +1,13 @@
-"""The processed-events record on SQLite and PostgreSQL: atomic claims, leases, sharing."""
+"""The processed-events record on SQLite and PostgreSQL: atomic claims, leases, sharing.
+
+Leases run by the database's clock. A lease "runs out" by moving its end back in the table, as
+the passing of that much time would; a worker's clock that is wrong changes nothing.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from email_consumer.ports import Claim
-from email_consumer.processed_events import SqlProcessedEvents
+from email_consumer.processed_events import SqlProcessedEvents, processed_events
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import dead_letters, new_event, publish_event, running_worker
@@ -24,11 +29,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+HOUR_S = 3600.0
+
+
 @pytest.fixture
 def store(database_url: str) -> Iterator[SqlProcessedEvents]:
     opened = SqlProcessedEvents.open(database_url)
     yield opened
     opened.dispose()
+
+
+def _pass_time_on_leases(store: SqlProcessedEvents, seconds: float) -> None:
+    """Move every lease's end `seconds` back: the database's clock moved on that much."""
+    table = processed_events
+    with store._engine.begin() as connection:
+        connection.execute(
+            table.update()
+            .where(table.c.lease_until.is_not(None))
+            .values(lease_until=table.c.lease_until - seconds)
+        )
 
 
 def test_claim_send_and_duplicate(store: SqlProcessedEvents) -> None:
@@ -50,18 +69,34 @@ def test_a_released_claim_is_free_at_once(store: SqlProcessedEvents) -> None:
     assert not store.is_sent(event_id)
 
 
-def test_an_expired_lease_can_be_taken_over(database_url: str) -> None:
-    now = [1_000.0]
-    store = SqlProcessedEvents.open(database_url)
-    clocked = SqlProcessedEvents(store._engine, clock=lambda: now[0])
+def test_an_expired_lease_can_be_taken_over(store: SqlProcessedEvents) -> None:
     event_id = str(uuid.uuid4())
-    assert clocked.claim(event_id, "crashed-worker", 30) is Claim.CLAIMED
-    now[0] += 29
-    assert clocked.claim(event_id, "b", 30) is Claim.HELD_ELSEWHERE
-    now[0] += 2
-    assert clocked.claim(event_id, "b", 30) is Claim.CLAIMED
-    assert clocked.claim(event_id, "c", 30) is Claim.HELD_ELSEWHERE
-    store.dispose()
+    assert store.claim(event_id, "crashed-worker", HOUR_S) is Claim.CLAIMED
+    _pass_time_on_leases(store, HOUR_S - 100)
+    assert store.claim(event_id, "b", HOUR_S) is Claim.HELD_ELSEWHERE
+    _pass_time_on_leases(store, 200)
+    assert store.claim(event_id, "b", HOUR_S) is Claim.CLAIMED
+    assert store.claim(event_id, "c", HOUR_S) is Claim.HELD_ELSEWHERE
+
+
+def test_a_worker_whose_clock_runs_ahead_takes_over_no_live_claim(
+    store: SqlProcessedEvents,
+) -> None:
+    ahead = SqlProcessedEvents(store._engine, clock=lambda: time.time() + HOUR_S)
+    event_id = str(uuid.uuid4())
+    assert store.claim(event_id, "a", 60) is Claim.CLAIMED
+    # By its clock the lease ended 59 minutes ago; by the database's it has a minute left.
+    assert ahead.claim(event_id, "b", 60) is Claim.HELD_ELSEWHERE
+
+
+def test_a_claim_by_a_worker_whose_clock_runs_behind_is_not_taken_over(
+    store: SqlProcessedEvents,
+) -> None:
+    behind = SqlProcessedEvents(store._engine, clock=lambda: time.time() - HOUR_S)
+    event_id = str(uuid.uuid4())
+    assert behind.claim(event_id, "a", 60) is Claim.CLAIMED
+    # Its lease, were it counted by its own clock, would have ended 59 minutes ago.
+    assert store.claim(event_id, "b", 60) is Claim.HELD_ELSEWHERE
 
 
 def test_opening_twice_keeps_the_record(database_url: str) -> None:
@@ -130,7 +165,13 @@ def test_records_older_than_the_retention_are_deleted(database_url: str) -> None
         old_sent, old_claim, recent_sent, live_claim = (str(uuid.uuid4()) for _ in range(4))
         store.claim(old_sent, "a", 60)
         store.mark_sent(old_sent, "a")  # sent at 1_000_000
-        store.claim(old_claim, "b", 60)  # a dead worker's claim, lease until 1_000_060
+        store.claim(old_claim, "b", 60)  # a dead worker's claim
+        with store._engine.begin() as connection:  # leases run by the database's clock
+            connection.execute(
+                processed_events.update()
+                .where(processed_events.c.event_id == old_claim)
+                .values(lease_until=1_000_060.0)
+            )
         now[0] = 1_000_500.0
         store.claim(recent_sent, "c", 60)
         store.mark_sent(recent_sent, "c")  # sent at 1_000_500

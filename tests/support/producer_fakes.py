@@ -51,7 +51,8 @@ class FakeOutbox:
         stored = replace(message, id=len(self.rows) + 1)
         row = FakeRow(stored)
         if claim is not None:
-            row.claim_token, row.claimed_until = claim.token, claim.until
+            # The fake's "database clock" is this process's wall clock.
+            row.claim_token, row.claimed_until = claim.token, time.time() + claim.lease_s
         self.rows.append(row)
         return stored
 

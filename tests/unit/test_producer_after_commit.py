@@ -159,10 +159,10 @@ def test_if_the_thread_fails_its_events_go_to_the_relay_and_later_ones_are_store
 
 def test_an_event_whose_lease_is_nearly_over_is_released_unpublished() -> None:
     outbox, publisher = FakeOutbox(), FakePublisher()
-    short = Claim("token-of-another-process", time.time() + CONFIRM_TIMEOUT_S)
+    short = Claim("token-of-another-process", LEASE_S, time.monotonic() + CONFIRM_TIMEOUT_S)
 
     with _after_commit(outbox, lambda: publisher) as now:
-        claim = Claim(now.claim().token, short.until)  # type: ignore[union-attr]
+        claim = Claim(now.claim().token, short.lease_s, short.until)  # type: ignore[union-attr]
         now.submit(outbox.add(fake_message(1), claim), claim)
 
     assert publisher.sent == []
