@@ -83,7 +83,8 @@ _UNCERTAIN = "uncertain"
 _RESENDING = "resending"
 _UNCERTAIN_FINAL = "uncertain_final"
 _MAYBE_SENT_STATES = (_UNCERTAIN, _RESENDING, _UNCERTAIN_FINAL)
-_SELECT_STATE = sa.select(_table.c.status, _table.c.lease_until).where(
+# Whether the lease ended is asked of the database's clock too (NULL when there is no lease).
+_SELECT_STATE = sa.select(_table.c.status, _table.c.lease_until < db_now()).where(
     _table.c.event_id == sa.bindparam("p_event_id")
 )
 _START_RESEND = (
@@ -91,12 +92,12 @@ _START_RESEND = (
     .where(
         _table.c.event_id == sa.bindparam("p_event_id"),
         _table.c.status == _UNCERTAIN,
-        _table.c.lease_until <= sa.bindparam("p_now"),
+        _table.c.lease_until <= db_now(),
     )
     .values(
         status=_RESENDING,
         claim_token=sa.bindparam("p_token"),
-        lease_until=sa.bindparam("p_lease_until"),
+        lease_until=db_now() + sa.bindparam("p_lease_s"),
     )
 )
 _FIRST_UNCERTAIN = (
@@ -106,7 +107,11 @@ _FIRST_UNCERTAIN = (
         _table.c.status == _CLAIMED,
         _table.c.claim_token == sa.bindparam("p_token"),
     )
-    .values(status=_UNCERTAIN, claim_token=None, lease_until=sa.bindparam("p_resend_at"))
+    .values(
+        status=_UNCERTAIN,
+        claim_token=None,
+        lease_until=db_now() + sa.bindparam("p_resend_after_s"),
+    )
 )
 _SECOND_UNCERTAIN = (
     _table.update()
@@ -202,7 +207,7 @@ class SqlProcessedEvents:
         if status == _SENT:
             return Claim.ALREADY_SENT
         if status in _MAYBE_SENT_STATES:
-            return self._claim_resend(event_id, token, now, lease_until)
+            return self._claim_resend(event_id, token, lease_s)
         if status is None and rounds > 1:
             # Released between our INSERT and SELECT: free again, so try once more.
             return self._claim(event_id, token, lease_s, rounds=rounds - 1)
@@ -228,18 +233,18 @@ class SqlProcessedEvents:
     # twice: never again). A RESENDING claim whose lease ran out counts as UNCERTAIN_FINAL: its
     # worker died mid-resend, which may have delivered the second copy.
 
-    def _claim_resend(self, event_id: str, token: str, now: float, lease_until: float) -> Claim:
-        params = {"p_event_id": event_id, "p_token": token, "p_lease_until": lease_until}
+    def _claim_resend(self, event_id: str, token: str, lease_s: float) -> Claim:
+        params = {"p_event_id": event_id, "p_token": token, "p_lease_s": lease_s}
         with self._transaction() as connection:
-            if connection.execute(_START_RESEND, {**params, "p_now": now}).rowcount == 1:
+            if connection.execute(_START_RESEND, params).rowcount == 1:
                 return Claim.RESEND
             row = connection.execute(_SELECT_STATE, {"p_event_id": event_id}).one_or_none()
         if row is None:
-            return self._claim(event_id, token, now, lease_until, rounds=1)
-        status, until = row
+            return self._claim(event_id, token, lease_s, rounds=1)
+        status, lease_ended = row
         if status == _SENT:
             return Claim.ALREADY_SENT
-        if status == _UNCERTAIN_FINAL or (status == _RESENDING and until < now):
+        if status == _UNCERTAIN_FINAL or (status == _RESENDING and bool(lease_ended)):
             return Claim.MAYBE_SENT
         return Claim.HELD_ELSEWHERE
 
@@ -247,7 +252,7 @@ class SqlProcessedEvents:
         params = {
             "p_event_id": event_id,
             "p_token": token,
-            "p_resend_at": self._clock() + resend_after_s,
+            "p_resend_after_s": resend_after_s,
         }
         try:
             with self._transaction() as connection:

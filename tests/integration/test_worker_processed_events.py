@@ -16,6 +16,7 @@ import pytest
 
 from email_consumer.ports import Claim
 from email_consumer.processed_events import SqlProcessedEvents, processed_events
+from tests.support.leases import pass_time_on_leases
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import dead_letters, new_event, publish_event, running_worker
@@ -37,17 +38,6 @@ def store(database_url: str) -> Iterator[SqlProcessedEvents]:
     opened = SqlProcessedEvents.open(database_url)
     yield opened
     opened.dispose()
-
-
-def _pass_time_on_leases(store: SqlProcessedEvents, seconds: float) -> None:
-    """Move every lease's end `seconds` back: the database's clock moved on that much."""
-    table = processed_events
-    with store._engine.begin() as connection:
-        connection.execute(
-            table.update()
-            .where(table.c.lease_until.is_not(None))
-            .values(lease_until=table.c.lease_until - seconds)
-        )
 
 
 def test_claim_send_and_duplicate(store: SqlProcessedEvents) -> None:
@@ -72,9 +62,9 @@ def test_a_released_claim_is_free_at_once(store: SqlProcessedEvents) -> None:
 def test_an_expired_lease_can_be_taken_over(store: SqlProcessedEvents) -> None:
     event_id = str(uuid.uuid4())
     assert store.claim(event_id, "crashed-worker", HOUR_S) is Claim.CLAIMED
-    _pass_time_on_leases(store, HOUR_S - 100)
+    pass_time_on_leases(store, HOUR_S - 100)
     assert store.claim(event_id, "b", HOUR_S) is Claim.HELD_ELSEWHERE
-    _pass_time_on_leases(store, 200)
+    pass_time_on_leases(store, 200)
     assert store.claim(event_id, "b", HOUR_S) is Claim.CLAIMED
     assert store.claim(event_id, "c", HOUR_S) is Claim.HELD_ELSEWHERE
 
