@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         "replay", help="send dead-lettered events back to the worker, without loss"
     )
     replay.add_argument("--limit", type=positive_int, default=None, help="at most N events")
+    dlq_commands.add_parser(
+        "migrate",
+        help="re-create a dead-letter queue declared by an older version, keeping its events",
+    )
     purge = dlq_commands.add_parser("purge", help="delete every dead-lettered event")
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
     return parser
@@ -119,6 +123,9 @@ def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
     with bootstrap.build_dead_letter_queue(settings) as dlq:
         if args.dlq_command == "list":
             _print_listing(dlq.list(args.limit), as_json=args.json)
+        elif args.dlq_command == "migrate":
+            moved = dlq.migrate()
+            print(f"the dead-letter queue is current; {moved} event(s) moved")
         elif args.dlq_command == "replay":
             moved = dlq.replay(args.limit)
             print(f"replayed {moved} event(s) to {bootstrap.SERVICE}'s queue")
