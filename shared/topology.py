@@ -77,7 +77,9 @@ def dead_letter_queue_arguments() -> dict[str, Any]:
     puts a returned message back in its place (order kept), counts no deliveries and has no
     delivery limit, so no number of listings can drop anything. A quorum queue counts each
     return as a delivery, and RabbitMQ 4 gives it a default limit of 20 past which it drops the
-    message (its DLQ has no DLQ); 3.10 refuses the `-1` that disables the limit on 4.x.
+    message (its DLQ has no DLQ). The `-1` that disables the limit on 4.x is no way out:
+    3.10 accepts it and then drops every message at its first return (measured 2026-12-01:
+    3.10.8 emptied such a queue at the first listing, 4.0.5 kept it through 25).
     Declared explicitly: a 4.x vhost may make quorum the default type.
     """
     return {"x-queue-type": "classic"}
