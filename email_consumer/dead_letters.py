@@ -19,6 +19,7 @@ were in the DLQ when it started, so an event that fails again at once cannot loo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from shared.settings import BrokerSettings
 # Where `migrate` keeps the events while it re-creates the DLQ.
 _HOLDING_QUEUE: Final = f"{topology.DEAD_LETTER_QUEUE}.migrating"
 _PRECONDITION_FAILED: Final = 406
+# How long a listing waits for the broker to put the listed messages back.
+_RETURN_WAIT_S: Final = 5.0
 
 
 class DeadLetterQueueOutdated(TransientError):
@@ -139,10 +142,13 @@ class DeadLetterQueue:
                 "which listing could empty on RabbitMQ 4; run `email-consumer dlq migrate` first"
             )
         summaries: list[DeadLetterSummary] = []
+        depth = self.count()
         with self._channel() as channel:
             # Closing this channel on leaving the block returns every message taken here.
             for _tag, properties, body in self._take(channel, limit):
                 summaries.append(summarise(properties, body))
+        if summaries:
+            self._wait_until_returned(depth)
         return summaries
 
     def replay(self, limit: int | None = None) -> int:
@@ -227,6 +233,18 @@ class DeadLetterQueue:
         with self._channel() as channel:
             result = channel.queue_purge(topology.DEAD_LETTER_QUEUE)
             return int(result.method.message_count)
+
+    def _wait_until_returned(self, depth: int) -> None:
+        """Wait (briefly) until the DLQ holds `depth` messages again after a listing.
+
+        The broker hands the messages of a closed channel back to the queue after it confirmed
+        the close: a listing run right after another one (or a replay) could otherwise find
+        them still on their way and show an empty DLQ (seen on RabbitMQ 4.0.5). A replay or a
+        purge running meanwhile may lower the depth for good, hence the bound.
+        """
+        deadline = time.monotonic() + _RETURN_WAIT_S
+        while self.count() < depth and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _take(
         self, channel: Any, limit: int | None
