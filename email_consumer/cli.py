@@ -104,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     replay.add_argument("--limit", type=positive_int, default=None, help="at most N events")
+    add_command(
+        dlq_commands,
+        "migrate",
+        help="re-create a dead-letter queue declared by an older version, keeping its events",
+        description=(
+            "Re-create a dead-letter queue declared by a version before 2026-12-01 (a quorum "
+            "queue) as a classic queue, moving every event through a holding queue; safe to run "
+            "again after a crash. Needs the configure permission."
+        ),
+    )
     purge = add_command(
         dlq_commands,
         "purge",
@@ -151,6 +161,9 @@ def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
     with bootstrap.build_dead_letter_queue(settings) as dlq:
         if args.dlq_command == "list":
             _print_listing(dlq.list(args.limit), as_json=args.json)
+        elif args.dlq_command == "migrate":
+            moved = dlq.migrate()
+            print(f"the dead-letter queue is current; {moved} event(s) moved")
         elif args.dlq_command == "replay":
             moved = dlq.replay(args.limit)
             print(f"replayed {moved} event(s) to {bootstrap.SERVICE}'s queue")

@@ -7,6 +7,7 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 
+from email_consumer import wire_properties
 from shared.amqp import BrokerUnavailable
 
 # Connection-level failures: the worker reconnects after them instead of stopping.
@@ -27,11 +28,13 @@ def copy_with_headers(properties: pika.BasicProperties, headers: dict[str, Any])
 
     Retry and dead-letter copies and replays keep the event's identity (message_id,
     correlation_id, type, timestamp) so the worker and the logs recognise the same event.
+    Headers pika cannot encode are left out (`wire_properties.encodable`), so the copy always
+    goes out.
     """
     return pika.BasicProperties(
         content_type=properties.content_type,
         content_encoding=properties.content_encoding,
-        headers=headers,
+        headers=wire_properties.encodable(headers),
         delivery_mode=pika.DeliveryMode.Persistent,
         correlation_id=properties.correlation_id,
         message_id=properties.message_id,

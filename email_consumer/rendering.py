@@ -8,7 +8,8 @@ Headers are written one of two ways, chosen by the user's address:
   fraction of the `email` package's CPU cost;
 * any other address (quoted local parts, international domains) goes through the `email`
   package's API, whose `Address` and header registry refuse line breaks and quote or refuse
-  what needs it.
+  what needs it; its `To:` line, though, is written by `to_header`, since the package's
+  folding of a display name can change the header's structure.
 
 Either way the result is the serialised message plus its SMTP envelope (`RenderedEmail`), and a
 mail server parses both into the same headers and parts (tests/unit/test_email_rendering.py
@@ -17,13 +18,16 @@ checks that). The templates are loaded once, when the renderer is built in the c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.errors import MessageError
+from email.header import Header
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
+from typing import Final
 
 import idna
 import jinja2
@@ -123,12 +127,12 @@ class WelcomeRenderer:
 
     def _build(self, content: _Content) -> bytes:
         message = EmailMessage(policy=self._policy)
-        to = Address(display_name=content.to_name, addr_spec=content.to_address)
+        to = Address(addr_spec=content.to_address)
         if to.addr_spec != content.to_address:
             # The package had to quote the local part, so the header would not show the
             # address the envelope uses. Such addresses are not worth the ambiguity.
             raise ValueError("the address needs quoting")
-        message["To"] = to
+        # The To line is written here, not by the package: see `to_header`.
         message["From"] = self._mail_from
         message["Subject"] = content.subject
         message["Date"] = content.date
@@ -138,7 +142,7 @@ class WelcomeRenderer:
         message.add_alternative(content.html, subtype="html")
         # Serialising finds what the SMTP envelope cannot carry (say, a non-ASCII local part),
         # so that fails here as a permanent error, not inside the SMTP adapter.
-        return message.as_bytes()
+        return to_header(content.to_name, content.to_address) + message.as_bytes()
 
 
 def _serialised(write: Callable[[_Content], bytes], content: _Content) -> bytes:
@@ -184,6 +188,32 @@ class _ReusedHeaderClasses(HeaderRegistry):
             # A race between threads builds the class twice; either copy works the same.
             header_class = self._classes[key] = super().__getitem__(name)
         return header_class
+
+
+# An ASCII dot-atom on either side of the `@`: one token each, nothing a header parser reads as
+# structure. Wider than `mime_writer`'s plain address: RFC 5322's domain is any dot-atom.
+_DOT_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_DOT_ATOM_ADDRESS: Final = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+
+
+def to_header(display_name: str, address: str) -> bytes:
+    """The `To:` line for one mailbox, whose structure no display name can change.
+
+    Not left to the `email` package: folding a long display name with specials, it drops the
+    quotes around it (a CPython bug, seen on 3.11 to 3.13), so `x@evil.example, ` five times
+    became five more recipients, and `Bcc: ...;` a group hiding the user. A plain dot-atom
+    address goes through `mime_writer.mailbox`; any other dot-atom address gets its display
+    name as RFC 2047 encoded-words, which carry no header syntax, and the address on a line of
+    its own. Anything else is refused (ValueError).
+    """
+    if mime_writer.is_plain_address(address):
+        return mime_writer.mailbox("To", display_name, address)
+    if len(address) > 254 or _DOT_ATOM_ADDRESS.fullmatch(address) is None:
+        raise ValueError("the address is not an ASCII dot-atom address")
+    if not display_name:
+        return f"To: {address}\r\n".encode("ascii")
+    phrase = Header(display_name, "utf-8", header_name="To").encode(linesep="\r\n")
+    return f"To: {phrase}\r\n <{address}>\r\n".encode("ascii")
 
 
 def ascii_domain_address(address: str) -> str:

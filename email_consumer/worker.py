@@ -14,8 +14,10 @@ Threads and who does what:
 Once an hour (and at start-up) the loop hands a housekeeping job to the pool: deleting
 processed-event records past their retention, off the delivery path.
 
-A settlement that fails for any reason but a broken connection (say, a header pika cannot
-encode) is logged and the delivery requeued: no exception may escape a pika callback.
+A message whose header table pika cannot decode arrives with `headers=None` instead of ending
+the connection (`wire_properties.install`), and is dead-lettered with fresh headers saying why;
+copies leave out any header pika cannot encode. A settlement that fails for any other reason but
+a broken connection is logged and the delivery requeued: no exception may escape a pika callback.
 
 Moving a message to a retry queue or the DLQ publishes a copy on a confirm-mode channel first
 and acknowledges the original only once the broker confirmed the copy, so nothing is lost in
@@ -37,7 +39,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from email_consumer import failure_headers, retry_policy
+from email_consumer import failure_headers, retry_policy, wire_properties
 from email_consumer.breaker import BreakerState, DeadLetterBreaker, Transition
 from email_consumer.connections import CONNECTION_ERRORS, close_quietly, copy_with_headers
 from email_consumer.errors import (
@@ -127,6 +129,8 @@ class Worker:
         self._metrics = metrics
         self._stopping = stopping
         self._host = host or socket.gethostname()
+        # A header table pika cannot decode must cost one message, not the connection.
+        wire_properties.install()
         # Twice as many threads as emails sent at once (the sender's SMTP connections): while
         # `concurrency` emails are on the wire, the other threads claim and render the next ones
         # and record the finished ones, so no SMTP connection waits for that bookkeeping.
@@ -357,6 +361,9 @@ class Worker:
             _log.warning("connection gone: dropping settlement; the broker will redeliver")
 
     def _decide(self, routing_key: str, properties: pika.BasicProperties, body: bytes) -> _Action:
+        undecodable = self._undecodable(routing_key, properties)
+        if undecodable is not None:
+            return undecodable
         try:
             event = parse_user_registered(body)
         except InvalidEvent as error:
@@ -364,6 +371,16 @@ class Worker:
             return self._dead_letter(routing_key, properties, error, 1, retry_policy.MALFORMED)
         with event_context(event.event_id, properties.correlation_id):
             return self._handle(event, routing_key, properties)
+
+    def _undecodable(self, routing_key: str, properties: pika.BasicProperties) -> _Action | None:
+        """Dead-letter a message whose header table could not be decoded: no client of the
+        queue could read it either. Its copy carries fresh headers saying why."""
+        problem = wire_properties.undecodable(properties)
+        if problem is None:
+            return None
+        _log.error("undecodable headers", error=problem)
+        error = wire_properties.UndecodableHeaders(problem)
+        return self._dead_letter(routing_key, properties, error, 1, retry_policy.MALFORMED)
 
     def _handle(
         self, event: UserRegistered, routing_key: str, properties: pika.BasicProperties

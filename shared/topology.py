@@ -14,9 +14,12 @@ import pika.exceptions
 from pika.exchange_type import ExchangeType
 
 from shared.errors import TransientError
+from shared.logging import get_logger
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+_log = get_logger(__name__)
 
 EXCHANGE: Final = "user.events"
 ROUTING_KEY: Final = "user.registered"
@@ -30,6 +33,7 @@ DELIVERY_LIMIT: Final = 10
 DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
 _NOT_FOUND: Final = 404
+_PRECONDITION_FAILED: Final = 406
 
 
 def retry_queue_name(delay_s: int) -> str:
@@ -65,6 +69,20 @@ def retry_queue_arguments(delay_s: int) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": QUEUE,
     }
+
+
+def dead_letter_queue_arguments() -> dict[str, Any]:
+    """A classic queue, on purpose: the DLQ tools list it by taking messages and handing them
+    back, and only a classic queue takes that without a trace on every RabbitMQ version. It
+    puts a returned message back in its place (order kept), counts no deliveries and has no
+    delivery limit, so no number of listings can drop anything. A quorum queue counts each
+    return as a delivery, and RabbitMQ 4 gives it a default limit of 20 past which it drops the
+    message (its DLQ has no DLQ). The `-1` that disables the limit on 4.x is no way out:
+    3.10 accepts it and then drops every message at its first return (measured 2026-12-01:
+    3.10.8 emptied such a queue at the first listing, 4.0.5 kept it through 25).
+    Declared explicitly: a 4.x vhost may make quorum the default type.
+    """
+    return {"x-queue-type": "classic"}
 
 
 class TopologyMissing(TransientError):
@@ -114,7 +132,7 @@ def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
-    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    _declare_dead_letter_queue(channel.connection)
     channel.queue_declare(QUEUE, durable=True, arguments=main_queue_arguments())
     for delay_s in retry_delays_s:
         channel.queue_declare(
@@ -122,6 +140,48 @@ def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
         )
     for exchange, queue, routing_key in bindings(retry_delays_s):
         channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+
+def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
+    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is.
+
+    Redeclaring it with other arguments fails (PRECONDITION_FAILED), and replacing it would
+    have to move its messages: that is the operator's `email-consumer dlq` tools' job (see
+    `DeadLetterQueue.migrate`), never a side effect of a service starting.
+    """
+    channel = connection.channel()
+    try:
+        channel.queue_declare(
+            DEAD_LETTER_QUEUE, durable=True, arguments=dead_letter_queue_arguments()
+        )
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != _PRECONDITION_FAILED:
+            raise
+        _log.warning(
+            "the dead-letter queue was declared by an older version (a quorum queue); "
+            "run `email-consumer dlq migrate` before listing it",
+            queue=DEAD_LETTER_QUEUE,
+        )
+        return
+    channel.close()
+
+
+def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
+    """True when the DLQ has today's arguments, False when declared the old way, None when
+    this user may not tell (redeclaring needs the configure permission)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(
+            DEAD_LETTER_QUEUE, durable=True, arguments=dead_letter_queue_arguments()
+        )
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _PRECONDITION_FAILED:
+            return False
+        if error.reply_code == _ACCESS_REFUSED:
+            return None
+        raise
+    channel.close()
+    return True
 
 
 def _all_exist(connection: BlockingConnection, retry_delays_s: Sequence[int]) -> bool:

@@ -11,10 +11,13 @@ from datetime import UTC, datetime
 import pika
 import pytest
 
-from email_consumer import failure_headers
+from email_consumer import failure_headers, wire_properties
+from email_consumer.dead_letters import DeadLetterQueue
 from email_consumer.errors import SmtpRejected
 from shared import topology
 from shared.events import serialise
+from shared.settings import BrokerSettings, Environment, broker_settings
+from tests.support.amqp_wire import Field, encode_table, publish_raw
 from tests.support.ports import free_port
 from tests.support.worker import (
     TEST_RETRY_DELAYS,
@@ -194,7 +197,7 @@ def test_a_bad_setting_exits_2_with_one_line() -> None:
 POISON_ID = "evil\x1b[2J\x1b[H\x9b31m\u202eid\x07"
 
 
-def _seed_poison(amqp_url: str) -> None:
+def _seed_control_characters(amqp_url: str) -> None:
     """A dead letter whose message id and error text hold terminal control sequences."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -227,7 +230,7 @@ def _controls(text: str) -> set[str]:
 
 
 def test_list_shows_control_characters_escaped_in_the_table_and_in_json(amqp_url: str) -> None:
-    _seed_poison(amqp_url)
+    _seed_control_characters(amqp_url)
 
     table = _cli(amqp_url, "dlq", "list")
     as_json = _cli(amqp_url, "dlq", "list", "--json")
@@ -242,3 +245,134 @@ def test_list_shows_control_characters_escaped_in_the_table_and_in_json(amqp_url
     assert row["event_id"] == POISON_ID  # escaped on screen, the same value when decoded
     assert row["error_message"] == "line one\rline two\x1b[1A"
     assert len(dead_letters(amqp_url)) == 1
+
+
+def _broker(amqp_url: str) -> BrokerSettings:
+    return broker_settings(Environment({"AMQP_URL": amqp_url}))
+
+
+def test_a_thousand_listings_change_neither_depth_nor_order_nor_delivery_counts(
+    amqp_url: str,
+) -> None:
+    """Listing takes messages and hands them back: on a quorum DLQ each listing counted as a
+    delivery (RabbitMQ 4 drops a message past 20) and a partial listing could reorder."""
+    ids = _seed(amqp_url, 5)
+    with DeadLetterQueue(_broker(amqp_url), TEST_RETRY_DELAYS) as dlq:
+        for listing in range(1000):
+            limit = listing % 6 or None  # partial listings of 1..5 and full ones
+            listed = [summary.event_id for summary in dlq.list(limit)]
+            assert listed == ids[: limit or len(ids)], f"listing {listing}"
+        assert dlq.count() == len(ids)
+    remaining = dead_letters(amqp_url)
+    assert [message.properties.message_id for message in remaining] == ids
+    for message in remaining:
+        assert message.headers.get("x-delivery-count", 0) == 0, message.headers
+
+
+def test_replay_of_one_replays_the_event_a_listing_of_one_just_showed(amqp_url: str) -> None:
+    ids = _seed(amqp_url, 3)
+    for expected in ids:
+        # A full listing first: on a quorum DLQ it was what moved the head to the back.
+        assert _cli(amqp_url, "dlq", "list", "--json").returncode == 0
+        listed = _cli(amqp_url, "dlq", "list", "--limit", "1", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert row["event_id"] == expected
+        replayed = _cli(amqp_url, "dlq", "replay", "--limit", "1")
+        assert "replayed 1 event(s)" in replayed.stdout, replayed.stderr
+    assert [m.properties.message_id for m in peek(amqp_url, topology.QUEUE)] == ids
+    assert dead_letters(amqp_url) == []
+
+
+def test_a_dlq_declared_the_old_way_is_not_listed_but_migrated_without_loss(
+    amqp_url: str,
+) -> None:
+    """Before this version the DLQ was a quorum queue: redeclaring it fails, and listing it
+    could drop its events on RabbitMQ 4. The services start anyway; `list` refuses with one
+    line; `migrate` re-creates it as a classic queue with every event, in order."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(
+            topology.DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+    finally:
+        connection.close()
+    ids = _seed(amqp_url, 3)  # declares the rest of the topology around the old DLQ
+
+    refused = _cli(amqp_url, "dlq", "list", "--json")
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert "dlq migrate" in line
+    assert refused.stdout == ""
+
+    migrated = _cli(amqp_url, "dlq", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "3 event(s) moved" in migrated.stdout
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        assert topology.dead_letter_queue_is_current(connection) is True
+    finally:
+        connection.close()
+    assert [m.properties.message_id for m in dead_letters(amqp_url)] == ids
+    listed = _cli(amqp_url, "dlq", "list", "--json")
+    assert [json.loads(line)["event_id"] for line in listed.stdout.splitlines()] == ids
+    again = _cli(amqp_url, "dlq", "migrate")
+    assert "0 event(s) moved" in again.stdout
+
+
+UNDECODABLE = encode_table([("sent", Field("T", 2**63)), ("schema_version", Field("I", 1))])
+UNENCODABLE = encode_table([("ratio", Field("d", 1e300)), ("dead-letter-reason", Field("S", b"x"))])
+
+
+def _seed_poison(amqp_url: str, table: bytes, message_id: str) -> str:
+    publish_raw(
+        amqp_url,
+        b"{}",
+        table,
+        message_id=message_id,
+        exchange=topology.DEAD_LETTER_EXCHANGE,
+        routing_key=topology.DEAD_LETTER_QUEUE,
+    )
+    return message_id
+
+
+def test_list_replay_and_purge_work_with_poison_anywhere_in_the_dlq(amqp_url: str) -> None:
+    """Headers pika cannot decode (or encode again) at the head, in the middle and at the end:
+    each used to stop `dlq list`, `dlq list --json` and `dlq replay` with exit 1 there."""
+    wire_properties.install()  # this process reads the queues too
+    _seed(amqp_url, 0)  # the topology
+    order = [
+        _seed_poison(amqp_url, UNDECODABLE, "poison-head"),
+        *_seed(amqp_url, 1),
+        _seed_poison(amqp_url, UNENCODABLE, "poison-middle"),
+        *_seed(amqp_url, 1),
+        _seed_poison(amqp_url, UNDECODABLE, "poison-tail"),
+    ]
+    listed = _cli(amqp_url, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [row["event_id"] for row in rows] == order
+    for row in (rows[0], rows[4]):
+        assert row["error_type"] == "UndecodableHeaders"
+        assert "OverflowError" in row["error_message"]
+    table = _cli(amqp_url, "dlq", "list")
+    assert table.returncode == 0, table.stderr
+    assert "poison-head" in table.stdout
+    assert "poison-tail" in table.stdout
+
+    replayed = _cli(amqp_url, "dlq", "replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 5 event(s)" in replayed.stdout
+    assert dead_letters(amqp_url) == []
+    back = peek(amqp_url, topology.QUEUE)
+    assert [message.properties.message_id for message in back] == order
+    for message in back:
+        assert message.headers["replay-count"] == 1  # fresh, encodable headers
+    assert back[2].headers["dropped-headers"] == "ratio"
+
+    _seed_poison(amqp_url, UNDECODABLE, "poison-again")
+    _seed(amqp_url, 1)
+    purged = _cli(amqp_url, "dlq", "purge", "--yes")
+    assert "purged 2 event(s)" in purged.stdout, purged.stderr
+    assert dead_letters(amqp_url) == []

@@ -191,7 +191,7 @@ def test_the_predeclared_topology_is_exactly_what_the_services_declare(
     # the definitions' topology, prove both identical.
     queues = {
         topology.QUEUE: topology.main_queue_arguments(),
-        topology.DEAD_LETTER_QUEUE: {"x-queue-type": "quorum"},
+        topology.DEAD_LETTER_QUEUE: topology.dead_letter_queue_arguments(),
         **{
             topology.retry_queue_name(d): topology.retry_queue_arguments(d)
             for d in topology.DEFAULT_RETRY_DELAYS_S

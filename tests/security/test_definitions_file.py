@@ -110,7 +110,7 @@ def test_predeclared_queues_have_exactly_the_arguments_of_the_code(
 ) -> None:
     expected = {
         topology.QUEUE: topology.main_queue_arguments(),
-        topology.DEAD_LETTER_QUEUE: {"x-queue-type": "quorum"},
+        topology.DEAD_LETTER_QUEUE: topology.dead_letter_queue_arguments(),
         **{
             topology.retry_queue_name(delay): topology.retry_queue_arguments(delay)
             for delay in topology.DEFAULT_RETRY_DELAYS_S
