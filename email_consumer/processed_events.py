@@ -17,9 +17,18 @@ from sqlalchemy.engine import Connection, Engine
 
 from email_consumer.errors import StoreUnavailable
 from email_consumer.ports import Claim
-from shared.database import apply_migrations, create_database_engine, is_sqlite
+from shared.database import (
+    apply_migrations,
+    checkpoint_quietly,
+    create_database_engine,
+    is_sqlite,
+)
 
 COMPONENT = "email_consumer"
+# One retention batch: a few milliseconds of deleting on SQLite, so a claim that finds the lock
+# taken waits about that long; the pause after it lets the waiting claims and marks through.
+RETENTION_BATCH_ROWS = 1000
+RETENTION_PAUSE_S = 0.01
 _SENT = "sent"
 _CLAIMED = "claimed"
 
@@ -36,11 +45,31 @@ processed_events = sa.Table(
 )
 
 
+# Retention finds what is eligible by a range scan on these, not by reading the whole table.
+# The event id makes each order total, so a batch resumes exactly where the last one ended.
+_RETENTION_INDEXES = (
+    sa.Index(
+        "ix_processed_events_sent_at", processed_events.c.sent_at, processed_events.c.event_id
+    ),
+    sa.Index(
+        "ix_processed_events_lease_until",
+        processed_events.c.lease_until,
+        processed_events.c.event_id,
+    ),
+)
+
+
 def _create_processed_events(connection: Connection) -> None:
     processed_events.create(connection)
 
 
-MIGRATIONS = (_create_processed_events,)
+def _index_retention(connection: Connection) -> None:
+    # Step 1 creates the indexes with the table since they were defined; older tables lack them.
+    for index in _RETENTION_INDEXES:
+        index.create(connection, checkfirst=True)
+
+
+MIGRATIONS = (_create_processed_events, _index_retention)
 
 # The per-email statements, built once with bound parameters: building `update().where(...)` on
 # every call cost more CPU than running it, and a reused statement hits SQLAlchemy's compiled
@@ -74,6 +103,38 @@ _RELEASE = _table.delete().where(
     _table.c.status == _CLAIMED,
     _table.c.claim_token == sa.bindparam("p_token"),
 )
+
+
+def _forget_batch(
+    connection: Connection,
+    status: str,
+    when: sa.Column[float | None],
+    cutoff: float,
+    resume: tuple[float, str] | None,
+    limit: int,
+) -> tuple[int, tuple[float, str] | None]:
+    """Delete up to `limit` records of `status` with `when` before `cutoff`, in key order after
+    `resume`; returns (deleted, where the next batch starts, or None when none is left)."""
+    picked = (
+        sa.select(when, _table.c.event_id)
+        .where(_table.c.status == status, when < cutoff)
+        .order_by(when, _table.c.event_id)
+        .limit(limit)
+    )
+    if resume is not None:
+        picked = picked.where(sa.tuple_(when, _table.c.event_id) > sa.tuple_(*resume))
+    keys = connection.execute(picked).all()
+    if not keys:
+        return 0, None
+    deleted = connection.execute(
+        _table.delete().where(
+            _table.c.event_id.in_([event_id for _, event_id in keys]),
+            _table.c.status == status,
+            when < cutoff,
+        )
+    ).rowcount
+    last_when, last_id = keys[-1]
+    return int(deleted), ((float(last_when), str(last_id)) if len(keys) == limit else None)
 
 
 class SqlProcessedEvents:
@@ -171,28 +232,43 @@ class SqlProcessedEvents:
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 
-    def forget_older_than(self, age_s: float) -> int:
+    def forget_older_than(
+        self,
+        age_s: float,
+        *,
+        batch_size: int = RETENTION_BATCH_ROWS,
+        pause_s: float = RETENTION_PAUSE_S,
+    ) -> int:
         """Delete records older than `age_s` seconds; returns how many went.
 
         Sent records by their send time, and claims whose lease ended that long ago (their
         worker died and no redelivery came back). A redelivery older than the retention could
         then send again, so the retention must outlast every retry and replay window.
+
+        In batches of `batch_size`, each its own short transaction, with `pause_s` between
+        them: on SQLite a batch holds the lock every claim and mark takes, so the emails being
+        sent wait for one batch at most, and the pause lets them all through before the next.
         """
-        table = processed_events
         cutoff = self._clock() - age_s
+        deleted = 0
         try:
-            with self._transaction() as connection:
-                deleted = connection.execute(
-                    table.delete().where(
-                        sa.or_(
-                            sa.and_(table.c.status == _SENT, table.c.sent_at < cutoff),
-                            sa.and_(table.c.status == _CLAIMED, table.c.lease_until < cutoff),
+            for status, when in ((_SENT, _table.c.sent_at), (_CLAIMED, _table.c.lease_until)):
+                resume: tuple[float, str] | None = None
+                while True:
+                    if deleted:
+                        time.sleep(pause_s)
+                    with self._transaction() as connection:
+                        count, resume = _forget_batch(
+                            connection, status, when, cutoff, resume, batch_size
                         )
-                    )
-                ).rowcount
+                    deleted += count
+                    if self._sqlite_lock is not None and count:
+                        checkpoint_quietly(self._engine)
+                    if resume is None:
+                        break
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
-        return int(deleted)
+        return deleted
 
     def is_sent(self, event_id: str) -> bool:
         """For operators and tests: whether the event's email is recorded as sent."""

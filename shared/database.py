@@ -19,6 +19,9 @@ from shared.errors import ConfigError
 
 Migration = Callable[[Connection], None]
 
+# What a checkpointed WAL is cut back to: a few seconds of writes at full speed.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
 _migrations_table = sa.Table(
     "schema_migrations",
     sa.MetaData(),
@@ -66,6 +69,9 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # A checkpoint leaves the WAL file at its largest; this truncates it back after one,
+        # so a burst of writes (a retention sweep) does not keep its size on disk for good.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -85,6 +91,19 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
             raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
 
     return engine
+
+
+def checkpoint_quietly(engine: Engine) -> None:
+    """Copy what the WAL holds into the database file, without waiting for anyone.
+
+    For bulk housekeeping on SQLite, between its batches: otherwise the commit that crosses
+    the auto-checkpoint threshold (often a registration's) does that copying. PASSIVE takes no
+    lock that writers wait for and does what it can while they go on.
+    """
+    with engine.connect() as connection:
+        driver_connection = connection.connection.driver_connection
+        assert isinstance(driver_connection, sqlite3.Connection)
+        driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def is_sqlite(engine: Engine) -> bool:

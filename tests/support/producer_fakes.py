@@ -103,9 +103,9 @@ class FakeOutbox:
         for row in rows:
             row.claim_token = row.claimed_until = None
 
-    def delete_published_before(self, cutoff: datetime) -> int:
+    def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
         self.deleted_before.append(cutoff)
-        return 0
+        yield from ()
 
     def count_published(self, event_ids: Sequence[str]) -> int:
         return sum(1 for row in self.rows if row.published_at and row.message.event_id in event_ids)
