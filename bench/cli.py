@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale-events",
         type=int,
         metavar="N",
-        help="registrations, events and emails per scale throughput run (default: 10,000)",
+        help="registrations, events and emails per scale throughput run (default: 5,000)",
     )
     parser.add_argument(
         "--scale-repeats",

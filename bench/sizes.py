@@ -25,7 +25,7 @@ class Sizes:
     """Share of each delivery run left out of the rate: start-up and connection set-up."""
     scale_rows: int = 1_000_000
     """Rows stored beforehand in the scale section (users, outbox events, processed events)."""
-    scale_events: int = 10_000
+    scale_events: int = 5_000
     """Registrations, relayed events and emails per throughput run of the scale section."""
     scale_repeats: int = 2
     """Throughput runs per database size, interleaved; the best is kept."""

@@ -27,8 +27,8 @@ from shared.database import (
 COMPONENT = "email_consumer"
 # One retention batch: a few milliseconds of deleting on SQLite, so a claim that finds the lock
 # taken waits about that long; the pause after it lets the waiting claims and marks through.
-RETENTION_BATCH_ROWS = 1000
-RETENTION_PAUSE_S = 0.01
+RETENTION_BATCH_ROWS = 500
+RETENTION_PAUSE_S = 0.02
 _SENT = "sent"
 _CLAIMED = "claimed"
 
