@@ -140,9 +140,15 @@ def _forget_batch(
 class SqlProcessedEvents:
     """Claims and records processed events in a SQL database."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._sleep = sleep  # the pause between two retention batches
         # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
         # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
         # queue on a Python lock instead, which hands over at once, and share one connection
@@ -256,7 +262,7 @@ class SqlProcessedEvents:
                 resume: tuple[float, str] | None = None
                 while True:
                     if deleted:
-                        time.sleep(pause_s)
+                        self._sleep(pause_s)
                     with self._transaction() as connection:
                         count, resume = _forget_batch(
                             connection, status, when, cutoff, resume, batch_size
