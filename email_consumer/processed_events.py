@@ -46,15 +46,14 @@ processed_events = sa.Table(
 
 
 # Retention finds what is eligible by a range scan on these, not by reading the whole table.
-# The event id makes each order total, so a batch resumes exactly where the last one ended.
+# Only claims have a lease (a sent record's is NULL): that index holds the few live claims.
 _RETENTION_INDEXES = (
-    sa.Index(
-        "ix_processed_events_sent_at", processed_events.c.sent_at, processed_events.c.event_id
-    ),
+    sa.Index("ix_processed_events_sent_at", processed_events.c.sent_at),
     sa.Index(
         "ix_processed_events_lease_until",
         processed_events.c.lease_until,
-        processed_events.c.event_id,
+        sqlite_where=processed_events.c.lease_until.is_not(None),
+        postgresql_where=processed_events.c.lease_until.is_not(None),
     ),
 )
 
@@ -110,19 +109,23 @@ def _forget_batch(
     status: str,
     when: sa.Column[float | None],
     cutoff: float,
-    resume: tuple[float, str] | None,
+    resume: float | None,
     limit: int,
-) -> tuple[int, tuple[float, str] | None]:
-    """Delete up to `limit` records of `status` with `when` before `cutoff`, in key order after
-    `resume`; returns (deleted, where the next batch starts, or None when none is left)."""
+) -> tuple[int, float | None]:
+    """Delete up to `limit` records of `status` with `when` before `cutoff`, in index order
+    from `resume` on; returns (deleted, where the next batch starts, or None when done).
+
+    The next batch starts at this one's latest time, that time included: records sharing it
+    that this batch left are still there, the ones it took are gone.
+    """
     picked = (
         sa.select(when, _table.c.event_id)
         .where(_table.c.status == status, when < cutoff)
-        .order_by(when, _table.c.event_id)
+        .order_by(when)
         .limit(limit)
     )
     if resume is not None:
-        picked = picked.where(sa.tuple_(when, _table.c.event_id) > sa.tuple_(*resume))
+        picked = picked.where(when >= resume)
     keys = connection.execute(picked).all()
     if not keys:
         return 0, None
@@ -133,8 +136,7 @@ def _forget_batch(
             when < cutoff,
         )
     ).rowcount
-    last_when, last_id = keys[-1]
-    return int(deleted), ((float(last_when), str(last_id)) if len(keys) == limit else None)
+    return int(deleted), (float(keys[-1][0]) if len(keys) == limit else None)
 
 
 class SqlProcessedEvents:
@@ -259,7 +261,7 @@ class SqlProcessedEvents:
         deleted = 0
         try:
             for status, when in ((_SENT, _table.c.sent_at), (_CLAIMED, _table.c.lease_until)):
-                resume: tuple[float, str] | None = None
+                resume: float | None = None
                 while True:
                     if deleted:
                         self._sleep(pause_s)

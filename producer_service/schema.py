@@ -65,11 +65,9 @@ sa.Index(
     postgresql_where=outbox.c.published_at.is_(None),
     sqlite_where=outbox.c.published_at.is_(None),
 )
-# The retention sweep walks published rows in (published_at, id) order, batch after batch,
-# each starting where the last one ended: a range scan however large the table. (The id makes
-# the order total: a relay marks a whole batch with one timestamp.)
-_SWEEP_INDEX: Final = sa.Index("ix_outbox_published", outbox.c.published_at, outbox.c.id)
-_SUPERSEDED_INDEX: Final = "ix_outbox_published_at"
+# The retention sweep deletes by publication time, batch after batch, each a range scan of
+# this index from where the last batch ended.
+sa.Index("ix_outbox_published_at", outbox.c.published_at)
 
 
 def _create_users_and_outbox(connection: Connection) -> None:
@@ -90,18 +88,7 @@ def _add_outbox_claims(connection: Connection) -> None:
             )
 
 
-def _index_the_sweep_by_key(connection: Connection) -> None:
-    # A database made by step 1 since the index was defined has it already. On PostgreSQL
-    # CREATE INDEX blocks writes to the table while it builds (seconds per million rows).
-    _SWEEP_INDEX.create(connection, checkfirst=True)
-    connection.exec_driver_sql(f"DROP INDEX IF EXISTS {_SUPERSEDED_INDEX}")
-
-
-MIGRATIONS: Final[tuple[Migration, ...]] = (
-    _create_users_and_outbox,
-    _add_outbox_claims,
-    _index_the_sweep_by_key,
-)
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_users_and_outbox, _add_outbox_claims)
 
 
 def upgrade(engine: Engine) -> int:

@@ -202,9 +202,9 @@ class SqlOutboxStore:
 
         Each batch is one short transaction, and none is open while the caller holds an item:
         on SQLite the write lock is free between two batches, so a registration waits for one
-        batch at most, never for the whole sweep. The batches walk the index on
-        (published_at, id) from where the last one ended, so each is a range scan that never
-        steps over the entries its predecessors deleted (PostgreSQL keeps them until a vacuum).
+        batch at most, never for the whole sweep. Each batch is a range scan of the index on
+        published_at from the time the last one ended at: it never steps over the entries its
+        predecessors deleted (PostgreSQL keeps them until a vacuum), nor over recent rows.
         """
         resume: dict[str, Any] | None = None
         while True:
@@ -258,16 +258,15 @@ _MARK_FAILED: Final = (
 _RELEASE: Final = outbox.update().where(_ROW_IDS, _CLAIMED_BY_US).values(**_NO_CLAIM)
 
 
-_SWEEP_KEY: Final = (outbox.c.published_at, outbox.c.id)
 _SWEEP_FIRST: Final = (
-    sa.select(*_SWEEP_KEY)
+    sa.select(outbox.c.published_at, outbox.c.id)
     .where(outbox.c.published_at < sa.bindparam("cutoff"))
-    .order_by(*_SWEEP_KEY)
+    .order_by(outbox.c.published_at)
     .limit(sa.bindparam("limit"))
 )
-_SWEEP_NEXT: Final = _SWEEP_FIRST.where(
-    sa.tuple_(*_SWEEP_KEY) > sa.tuple_(sa.bindparam("after_at"), sa.bindparam("after_id"))
-)
+# From the last batch's latest time on, that time included: a relay marks a whole batch with
+# one timestamp, and rows of it the last batch left are still there (those it took are gone).
+_SWEEP_NEXT: Final = _SWEEP_FIRST.where(outbox.c.published_at >= sa.bindparam("after_at"))
 # The cutoff again: nothing but a published row older than it may go, whatever happened to
 # the ids since they were read.
 _SWEEP_DELETE: Final = outbox.delete().where(
@@ -278,7 +277,7 @@ _SWEEP_DELETE: Final = outbox.delete().where(
 def _delete_published_batch(
     connection: Connection, cutoff: datetime, resume: dict[str, Any] | None, limit: int
 ) -> tuple[int, dict[str, Any] | None]:
-    """Delete up to `limit` rows in key order after `resume`; returns (deleted, next resume).
+    """Delete up to `limit` rows in index order from `resume`; returns (deleted, next resume).
 
     The next resume is None once a batch came up short: nothing eligible is left after it.
     """
@@ -291,8 +290,7 @@ def _delete_published_batch(
         return 0, None
     ids = [row_id for _, row_id in keys]
     deleted = connection.execute(_SWEEP_DELETE, {"row_ids": ids, "cutoff": cutoff}).rowcount
-    last_at, last_id = keys[-1]
-    following = {"after_at": last_at, "after_id": last_id} if len(keys) == limit else None
+    following = {"after_at": keys[-1][0]} if len(keys) == limit else None
     return int(deleted), following
 
 
