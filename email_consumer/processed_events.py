@@ -159,6 +159,9 @@ class SqlProcessedEvents:
         # transaction takes a pooled connection and they run side by side.
         self._sqlite_lock = threading.Lock() if is_sqlite(engine) else None
         self._sqlite_connection: Connection | None = None
+        # Set by `dispose`: a retention run on a pool thread stops after its current batch,
+        # instead of keeping a stopped worker's process alive until the last batch.
+        self._disposed = threading.Event()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -256,6 +259,7 @@ class SqlProcessedEvents:
         In batches of `batch_size`, each its own short transaction, with `pause_s` between
         them: on SQLite a batch holds the lock every claim and mark takes, so the emails being
         sent wait for one batch at most, and the pause lets them all through before the next.
+        After `dispose` no further batch starts (the next run goes on where this one stopped).
         """
         cutoff = self._clock() - age_s
         deleted = 0
@@ -265,6 +269,8 @@ class SqlProcessedEvents:
                 while True:
                     if deleted:
                         self._sleep(pause_s)
+                    if self._disposed.is_set():
+                        return deleted
                     with self._transaction() as connection:
                         count, resume = _forget_batch(
                             connection, status, when, cutoff, resume, batch_size
@@ -287,6 +293,7 @@ class SqlProcessedEvents:
         return status == _SENT
 
     def dispose(self) -> None:
+        self._disposed.set()
         if self._sqlite_lock is not None:
             with self._sqlite_lock:
                 if self._sqlite_connection is not None:

@@ -286,3 +286,26 @@ def test_the_sqlite_retention_finds_its_records_by_range_scans(tmp_path: Path) -
     sent_plan, claims_plan = plans
     assert "USING INDEX ix_processed_events_sent_at" in sent_plan, sent_plan
     assert "USING INDEX ix_processed_events_lease_until" in claims_plan, claims_plan
+
+
+def test_forgetting_stops_after_the_batch_in_progress_once_disposed(database_url: str) -> None:
+    # A worker told to stop disposes of its store; a long retention on a pool thread must not
+    # keep the process alive to the end (it would go on reopening connections).
+    now = [1_000_000.0]
+    store: SqlProcessedEvents
+
+    def stop_meanwhile(_seconds: float) -> None:
+        store.dispose()
+
+    store = _processed_store(database_url, lambda: now[0], stop_meanwhile)
+    for number in range(12):
+        store.claim(f"old-{number}", "t", 60)
+        store.mark_sent(f"old-{number}", "t")
+    now[0] += 10_000
+
+    assert store.forget_older_than(1000, batch_size=5) == 5
+    reopened = _processed_store(database_url, lambda: now[0], lambda _seconds: None)
+    try:
+        assert reopened.forget_older_than(1000, batch_size=5) == 7, "the rest, next time"
+    finally:
+        reopened.dispose()
