@@ -67,6 +67,7 @@ TARGET_DISK_RATIO = 1.2
 _SWEEP_DONE = "published events removed from the outbox"
 _FORGET_DONE = "old processed-event records deleted"
 _POLL_S = 0.02
+_STRESS_EMAILS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +514,8 @@ def _run_commands(env: dict[str, str], number: int, workdir: Path, database: str
 def _stress_worker(
     databases: _Databases, sizes: Sizes, workdir: Path, database: str, log_level: str
 ) -> dict[str, Any]:
-    events = max(sizes.scale_events, sizes.scale_stress_rows // 40)
+    # Enough to keep it sending through much of the retention, few enough to wait for all.
+    events = min(max(sizes.scale_events, sizes.scale_stress_rows // 40), _STRESS_EMAILS)
     with private_vhost("bench-scale-stress-worker") as amqp_url, SmtpSink() as sink:
         preload_worker_queue(amqp_url, events, tag="stress")
         env = _worker_env(
