@@ -22,6 +22,7 @@ from shared.database import (
     checkpoint_quietly,
     create_database_engine,
     is_sqlite,
+    relax_commit_for_housekeeping,
 )
 
 COMPONENT = "email_consumer"
@@ -118,6 +119,7 @@ def _forget_batch(
     The next batch starts at this one's latest time, that time included: records sharing it
     that this batch left are still there, the ones it took are gone.
     """
+    relax_commit_for_housekeeping(connection)
     picked = (
         sa.select(when, _table.c.event_id)
         .where(_table.c.status == status, when < cutoff)

@@ -24,7 +24,7 @@ from producer_service.ports import (
 )
 from producer_service.schema import outbox, users
 from producer_service.validation import email_key, username_key
-from shared.database import checkpoint_quietly, is_sqlite
+from shared.database import checkpoint_quietly, is_sqlite, relax_commit_for_housekeeping
 
 # Well under every database's limit on bound parameters in one statement.
 _IN_LIST_SIZE: Final = 1000
@@ -281,6 +281,7 @@ def _delete_published_batch(
 
     The next resume is None once a batch came up short: nothing eligible is left after it.
     """
+    relax_commit_for_housekeeping(connection)
     parameters: dict[str, Any] = {"cutoff": cutoff, "limit": limit}
     if resume is None:
         keys = connection.execute(_SWEEP_FIRST, parameters).all()

@@ -106,6 +106,17 @@ def checkpoint_quietly(engine: Engine) -> None:
         driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
+def relax_commit_for_housekeeping(connection: Connection) -> None:
+    """On PostgreSQL, let this transaction's commit return before its WAL reaches the disk.
+
+    For retention batches only: a crash may undo the last ones, which the next run deletes
+    again. Their commits then add no flush of their own to the ones registrations and emails
+    wait for.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
