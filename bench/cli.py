@@ -21,12 +21,12 @@ from bench import machine
 from bench.logs import quiet_pika
 from bench.report import markdown, print_report, write_json
 from bench.results import Section, Target, compute_ratios, document, evaluate
-from bench.sections import deliver, latency, memory, publish
+from bench.sections import deliver, latency, memory, publish, scale
 from bench.sizes import Sizes, sizes_for
 from bench.vhost import broker_admin
 from shared.runtime import freeze_start_up_objects
 
-SECTIONS = ("publish", "deliver", "latency", "memory")
+SECTIONS = ("publish", "deliver", "latency", "memory", "scale")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -82,7 +82,67 @@ def targets(sizes: Sizes) -> list[Target]:
             "below",
             1.10,
         ),
+        *scale_targets(sizes),
     ]
+
+
+def scale_targets(sizes: Sizes) -> list[Target]:
+    """The scale section's targets, for each database it measures."""
+    rows = f"{sizes.scale_rows:,}"
+    stall = f"{scale.TARGET_STALL_MS:g} ms"
+    found: list[Target] = []
+    for database in sizes.scale_databases:
+        for key in ("registrations", "relay", "worker"):
+            found.append(
+                Target(
+                    f"{database}: {key} at {rows} rows ≥ {scale.TARGET_RATIO:g}x at 0",
+                    "scale",
+                    f"{database}_{key}_stored",
+                    f"{database}_{key}_0",
+                    "at_least",
+                    scale.TARGET_RATIO,
+                )
+            )
+        found += [
+            Target(
+                f"{database}: no register > {stall}, sweeping {rows} rows",
+                "scale",
+                f"{database}_sweep_register_max",
+                None,
+                "below",
+                scale.TARGET_STALL_MS,
+            ),
+            Target(
+                f"{database}: no email gap > {stall}, forgetting {rows} rows",
+                "scale",
+                f"{database}_forget_email_gap_max",
+                None,
+                "below",
+                scale.TARGET_STALL_MS,
+            ),
+        ]
+        for side in ("producer", "consumer"):
+            found.append(
+                Target(
+                    f"{database}: {side} disk after retention ≤ {scale.TARGET_DISK_RATIO:g}x",
+                    "scale",
+                    f"{database}_{side}_disk_after",
+                    f"{database}_{side}_disk_before",
+                    "below",
+                    scale.TARGET_DISK_RATIO,
+                )
+            )
+        found.append(
+            Target(
+                f"{database}: no command fails, {sizes.scale_stress_rows:,} rows eligible",
+                "scale",
+                f"{database}_stress_failures",
+                None,
+                "below",
+                1.0,
+            )
+        )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="registrations per second in the latency section (default: 200)",
     )
     parser.add_argument(
+        "--scale-rows",
+        type=int,
+        metavar="N",
+        help="rows stored beforehand in the scale section (default: 1,000,000)",
+    )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        metavar="N",
+        help="registrations, events and emails per scale throughput run (default: 5,000)",
+    )
+    parser.add_argument(
+        "--scale-repeats",
+        type=int,
+        metavar="N",
+        help="throughput runs per size in the scale section, best kept (default: 2)",
+    )
+    parser.add_argument(
+        "--scale-stress-rows",
+        type=int,
+        metavar="N",
+        help="eligible rows of the scale section's no-failure check (default: 0, not run)",
+    )
+    parser.add_argument(
+        "--scale-database",
+        action="append",
+        choices=scale.DATABASES,
+        help="measure only this database in the scale section (repeatable)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=SECTIONS,
@@ -151,10 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("events", "memory_events", "concurrency"):
+    for name in ("events", "memory_events", "concurrency", "scale_events", "scale_repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
             build_parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("scale_rows", "scale_stress_rows"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            build_parser().error(f"--{name.replace('_', '-')} must be at least 0")
     sizes = sizes_for(
         smoke=args.smoke,
         events=args.events,
@@ -165,6 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.latency_rate > 0:
             build_parser().error("--latency-rate must be above 0")
         sizes = replace(sizes, latency_rate=args.latency_rate)
+    scale_sizes = {
+        f"scale_{name}": getattr(args, f"scale_{name}")
+        for name in ("rows", "events", "repeats", "stress_rows")
+        if getattr(args, f"scale_{name}") is not None
+    }
+    if args.scale_database:
+        scale_sizes["scale_databases"] = tuple(dict.fromkeys(args.scale_database))
+    sizes = replace(sizes, **scale_sizes)
     # Piped output (CI logs, `| tee`) gets a width that fits the table instead of rich's 80.
     quiet_pika()
     console = Console() if Console().is_terminal else Console(width=150)
@@ -184,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deliver": lambda: deliver.run(sizes, workdir, args.log_level),
             "latency": lambda: latency.run(sizes, workdir, args.log_level),
             "memory": lambda: memory.run(sizes, workdir, args.log_level),
+            "scale": lambda: scale.run(sizes, workdir, args.log_level),
         }
         sections = {name: _run_section(name, runners[name], console) for name in chosen}
 

@@ -23,6 +23,15 @@ class Sizes:
     memory_warmup_events: int
     warmup_fraction: float = 0.1
     """Share of each delivery run left out of the rate: start-up and connection set-up."""
+    scale_rows: int = 1_000_000
+    """Rows stored beforehand in the scale section (users, outbox events, processed events)."""
+    scale_events: int = 5_000
+    """Registrations, relayed events and emails per throughput run of the scale section."""
+    scale_repeats: int = 2
+    """Throughput runs per database size, interleaved; the best is kept."""
+    scale_stress_rows: int = 0
+    """Eligible rows of the scale section's no-failure check (0: not run; the issue's 4M)."""
+    scale_databases: tuple[str, ...] = ("sqlite", "postgresql")
 
 
 # `make bench` must finish within about ten minutes on two shared cores. The memory section is
@@ -52,6 +61,10 @@ SMOKE = Sizes(
     latency_events=40,
     memory_events=120,
     memory_warmup_events=40,
+    scale_rows=300,
+    scale_events=40,
+    scale_repeats=1,
+    scale_stress_rows=400,
 )
 
 

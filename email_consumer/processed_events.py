@@ -17,9 +17,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from email_consumer.errors import StoreUnavailable
 from email_consumer.ports import Claim
-from shared.database import apply_migrations, create_database_engine, db_now, is_sqlite
+from shared.database import (
+    apply_migrations,
+    checkpoint_quietly,
+    create_database_engine,
+    db_now,
+    is_sqlite,
+    relax_commit_for_housekeeping,
+)
 
 COMPONENT = "email_consumer"
+# One retention batch: a few milliseconds of deleting on SQLite, so a claim that finds the lock
+# taken waits about that long; the pause after it lets the waiting claims and marks through.
+RETENTION_BATCH_ROWS = 500
+RETENTION_PAUSE_S = 0.02
 _SENT = "sent"
 _CLAIMED = "claimed"
 
@@ -38,11 +49,30 @@ processed_events = sa.Table(
 )
 
 
+# Retention finds what is eligible by a range scan on these, not by reading the whole table.
+# Only claims have a lease (a sent record's is NULL): that index holds the few live claims.
+_RETENTION_INDEXES = (
+    sa.Index("ix_processed_events_sent_at", processed_events.c.sent_at),
+    sa.Index(
+        "ix_processed_events_lease_until",
+        processed_events.c.lease_until,
+        sqlite_where=processed_events.c.lease_until.is_not(None),
+        postgresql_where=processed_events.c.lease_until.is_not(None),
+    ),
+)
+
+
 def _create_processed_events(connection: Connection) -> None:
     processed_events.create(connection)
 
 
-MIGRATIONS = (_create_processed_events,)
+def _index_retention(connection: Connection) -> None:
+    # Step 1 creates the indexes with the table since they were defined; older tables lack them.
+    for index in _RETENTION_INDEXES:
+        index.create(connection, checkfirst=True)
+
+
+MIGRATIONS = (_create_processed_events, _index_retention)
 
 # The per-email statements, built once with bound parameters: building `update().where(...)` on
 # every call cost more CPU than running it, and a reused statement hits SQLAlchemy's compiled
@@ -133,14 +163,56 @@ _RELEASE_RESEND = (
 )
 
 
+def _forget_batch(
+    connection: Connection,
+    status: str,
+    when: sa.Column[float | None],
+    cutoff: float,
+    resume: float | None,
+    limit: int,
+) -> tuple[int, float | None]:
+    """Delete up to `limit` records of `status` with `when` before `cutoff`, in index order
+    from `resume` on; returns (deleted, where the next batch starts, or None when done).
+
+    The next batch starts at this one's latest time, that time included: records sharing it
+    that this batch left are still there, the ones it took are gone.
+    """
+    relax_commit_for_housekeeping(connection)
+    picked = (
+        sa.select(when, _table.c.event_id)
+        .where(_table.c.status == status, when < cutoff)
+        .order_by(when)
+        .limit(limit)
+    )
+    if resume is not None:
+        picked = picked.where(when >= resume)
+    keys = connection.execute(picked).all()
+    if not keys:
+        return 0, None
+    deleted = connection.execute(
+        _table.delete().where(
+            _table.c.event_id.in_([event_id for _, event_id in keys]),
+            _table.c.status == status,
+            when < cutoff,
+        )
+    ).rowcount
+    return int(deleted), (float(keys[-1][0]) if len(keys) == limit else None)
+
+
 class SqlProcessedEvents:
     """Claims and records processed events in a SQL database."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._engine = engine
         # For the record's own times (sent_at, the retention), never for a lease: leases run by
         # the database's clock, which every worker sharing the database reads alike.
         self._clock = clock
+        self._sleep = sleep  # the pause between two retention batches
         # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
         # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
         # queue on a Python lock instead, which hands over at once, and share one connection
@@ -149,6 +221,9 @@ class SqlProcessedEvents:
         # transaction takes a pooled connection and they run side by side.
         self._sqlite_lock = threading.Lock() if is_sqlite(engine) else None
         self._sqlite_connection: Connection | None = None
+        # Set by `dispose`: a retention run on a pool thread stops after its current batch,
+        # instead of keeping a stopped worker's process alive until the last batch.
+        self._disposed = threading.Event()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -273,28 +348,46 @@ class SqlProcessedEvents:
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 
-    def forget_older_than(self, age_s: float) -> int:
+    def forget_older_than(
+        self,
+        age_s: float,
+        *,
+        batch_size: int = RETENTION_BATCH_ROWS,
+        pause_s: float = RETENTION_PAUSE_S,
+    ) -> int:
         """Delete records older than `age_s` seconds; returns how many went.
 
         Sent records by their send time, and claims whose lease ended that long ago (their
         worker died and no redelivery came back). A redelivery older than the retention could
         then send again, so the retention must outlast every retry and replay window.
+
+        In batches of `batch_size`, each its own short transaction, with `pause_s` between
+        them: on SQLite a batch holds the lock every claim and mark takes, so the emails being
+        sent wait for one batch at most, and the pause lets them all through before the next.
+        After `dispose` no further batch starts (the next run goes on where this one stopped).
         """
-        table = processed_events
         cutoff = self._clock() - age_s
+        deleted = 0
         try:
-            with self._transaction() as connection:
-                deleted = connection.execute(
-                    table.delete().where(
-                        sa.or_(
-                            sa.and_(table.c.status == _SENT, table.c.sent_at < cutoff),
-                            sa.and_(table.c.status == _CLAIMED, table.c.lease_until < cutoff),
+            for status, when in ((_SENT, _table.c.sent_at), (_CLAIMED, _table.c.lease_until)):
+                resume: float | None = None
+                while True:
+                    if deleted:
+                        self._sleep(pause_s)
+                    if self._disposed.is_set():
+                        return deleted
+                    with self._transaction() as connection:
+                        count, resume = _forget_batch(
+                            connection, status, when, cutoff, resume, batch_size
                         )
-                    )
-                ).rowcount
+                    deleted += count
+                    if self._sqlite_lock is not None and count:
+                        checkpoint_quietly(self._engine)
+                    if resume is None:
+                        break
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
-        return int(deleted)
+        return deleted
 
     def is_sent(self, event_id: str) -> bool:
         """For operators and tests: whether the event's email is recorded as sent."""
@@ -305,6 +398,7 @@ class SqlProcessedEvents:
         return status == _SENT
 
     def dispose(self) -> None:
+        self._disposed.set()
         if self._sqlite_lock is not None:
             with self._sqlite_lock:
                 if self._sqlite_connection is not None:

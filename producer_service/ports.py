@@ -6,7 +6,7 @@ The core (registration, relay, simulation) depends on these protocols only; `sto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,7 +108,9 @@ class OutboxStore(Protocol):
         """Events this process claimed under `token` when it stored them, as a claimed batch:
         the marks are written when the block exits, and unmarked events are released."""
 
-    def delete_published_before(self, cutoff: datetime) -> int: ...
+    def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
+        """Delete events published before `cutoff`, up to `batch_size` per transaction; yields
+        each batch's count. No transaction is open while the caller holds an item."""
 
     def count_published(self, event_ids: Sequence[str]) -> int: ...
 

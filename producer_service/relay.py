@@ -22,7 +22,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -59,6 +59,9 @@ ONCE_CONNECT_ATTEMPTS: Final = 5
 _MAX_RECONNECT_WAIT_S: Final = 30.0
 _MAX_FAILURE_PAUSE_S: Final = 60.0
 _SWEEP_EVERY_S: Final = 60.0
+# A sweep batch takes a few milliseconds on SQLite, the most a registration then waits for it.
+SWEEP_BATCH_ROWS: Final = 1000
+SWEEP_PAUSE_S: Final = 0.02
 # The pause after a pass that found nothing; later doubled per empty pass up to the poll
 # interval.
 _FIRST_IDLE_PAUSE_S: Final = 0.005
@@ -131,6 +134,7 @@ class OutboxRelay:
         publisher: EventPublisher | None = None
         failed_passes = database_failures = idle_passes = 0
         next_sweep = self._clock()
+        sweeping: Generator[int] | None = None
         try:
             while not self.stop_requested.is_set():
                 if publisher is None or not publisher.is_open:
@@ -145,13 +149,16 @@ class OutboxRelay:
                         break  # only reached once a stop was requested
                 try:
                     published, failed = self.publish_pending(publisher)
-                    if self._clock() >= next_sweep:
-                        self.sweep()
+                    if sweeping is None and self._clock() >= next_sweep:
+                        sweeping = self._sweep_batches()
                         next_sweep = self._clock() + _SWEEP_EVERY_S
+                    if sweeping is not None and next(sweeping, None) is None:
+                        sweeping = None
                 except ConnectionLost as error:
                     _log.warning("broker connection lost; reconnecting", error=str(error))
                     continue
                 except DatabaseUnavailable as error:
+                    sweeping = None  # the next sweep starts over
                     database_failures += 1
                     pause_s = doubled(0.5, database_failures, _MAX_RECONNECT_WAIT_S)
                     _log.warning(
@@ -165,9 +172,14 @@ class OutboxRelay:
                 database_failures = 0
                 failed_passes = failed_passes + 1 if failed and not published else 0
                 idle_passes = idle_passes + 1 if not (published or failed) else 0
-                if not published:
+                if sweeping is not None:
+                    # One batch per pass, then a pause for the registrations waiting.
+                    self._idle(publisher, SWEEP_PAUSE_S)
+                elif not published:
                     self._idle(publisher, self._pause_s(failed_passes, idle_passes))
         finally:
+            if sweeping is not None:
+                sweeping.close()
             if publisher is not None:
                 publisher.close()
         return self.totals
@@ -255,13 +267,31 @@ class OutboxRelay:
         return outcome.published
 
     def sweep(self) -> int:
-        """Delete published rows older than the retention period."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.retention_s)
-        deleted = self._outbox.delete_published_before(cutoff)
-        self.totals.deleted += deleted
-        if deleted:
-            _log.info("published events removed from the outbox", count=deleted)
+        """Delete published rows older than the retention period, batch by batch.
+
+        A pause between two batches lets waiting registrations take the write lock (SQLite's
+        busy handler polls; a sweep that began its next batch at once would keep winning).
+        A stop request ends the sweep after the current batch; the next sweep goes on.
+        """
+        deleted = 0
+        for count in self._sweep_batches():
+            deleted += count
+            if self.stop_requested.wait(SWEEP_PAUSE_S):
+                break
         return deleted
+
+    def _sweep_batches(self) -> Generator[int]:
+        # A generator, so that `run_forever` can publish between two batches.
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.retention_s)
+        deleted = 0
+        try:
+            for count in self._outbox.sweep_published_before(cutoff, SWEEP_BATCH_ROWS):
+                deleted += count
+                self.totals.deleted += count
+                yield count
+        finally:
+            if deleted:
+                _log.info("published events removed from the outbox", count=deleted)
 
     # ---- helpers -----------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ sa.Index(
     postgresql_where=outbox.c.published_at.is_(None),
     sqlite_where=outbox.c.published_at.is_(None),
 )
-# The retention sweep deletes by publication time.
+# The retention sweep deletes by publication time, batch after batch, each a range scan of
+# this index from where the last batch ended.
 sa.Index("ix_outbox_published_at", outbox.c.published_at)
 
 

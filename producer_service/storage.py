@@ -23,7 +23,7 @@ from producer_service.ports import (
 )
 from producer_service.schema import outbox, users
 from producer_service.validation import email_key, username_key
-from shared.database import db_now, is_sqlite
+from shared.database import checkpoint_quietly, db_now, is_sqlite, relax_commit_for_housekeeping
 
 # Well under every database's limit on bound parameters in one statement.
 _IN_LIST_SIZE: Final = 1000
@@ -187,11 +187,28 @@ class SqlOutboxStore:
         with _database_errors_are_transient(), self._engine.begin() as connection:
             return work(connection)
 
-    def delete_published_before(self, cutoff: datetime) -> int:
-        statement = outbox.delete().where(
-            outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
-        )
-        return self._in_transaction(lambda connection: connection.execute(statement).rowcount)
+    def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
+        """Delete rows published before `cutoff`, `batch_size` at a time; yields each count.
+
+        Each batch is one short transaction, and none is open while the caller holds an item:
+        on SQLite the write lock is free between two batches, so a registration waits for one
+        batch at most, never for the whole sweep. Each batch is a range scan of the index on
+        published_at from the time the last one ended at: it never steps over the entries its
+        predecessors deleted (PostgreSQL keeps them until a vacuum), nor over recent rows.
+        """
+        resume: dict[str, Any] | None = None
+        while True:
+            deleted, resume = self._in_transaction(
+                functools.partial(
+                    _delete_published_batch, cutoff=cutoff, resume=resume, limit=batch_size
+                )
+            )
+            if self._sqlite and deleted:
+                checkpoint_quietly(self._engine)
+            if deleted or resume is not None:
+                yield deleted
+            if resume is None:
+                return
 
     def count_published(self, event_ids: Sequence[str]) -> int:
         total = 0
@@ -239,6 +256,43 @@ _MARK_FAILED: Final = (
     .values(attempts=outbox.c.attempts + 1, last_error=sa.bindparam("error"), **_NO_CLAIM)
 )
 _RELEASE: Final = outbox.update().where(_ROW_IDS, _CLAIMED_BY_US).values(**_NO_CLAIM)
+
+
+_SWEEP_FIRST: Final = (
+    sa.select(outbox.c.published_at, outbox.c.id)
+    .where(outbox.c.published_at < sa.bindparam("cutoff"))
+    .order_by(outbox.c.published_at)
+    .limit(sa.bindparam("limit"))
+)
+# From the last batch's latest time on, that time included: a relay marks a whole batch with
+# one timestamp, and rows of it the last batch left are still there (those it took are gone).
+_SWEEP_NEXT: Final = _SWEEP_FIRST.where(outbox.c.published_at >= sa.bindparam("after_at"))
+# The cutoff again: nothing but a published row older than it may go, whatever happened to
+# the ids since they were read.
+_SWEEP_DELETE: Final = outbox.delete().where(
+    _ROW_IDS, outbox.c.published_at < sa.bindparam("cutoff")
+)
+
+
+def _delete_published_batch(
+    connection: Connection, cutoff: datetime, resume: dict[str, Any] | None, limit: int
+) -> tuple[int, dict[str, Any] | None]:
+    """Delete up to `limit` rows in index order from `resume`; returns (deleted, next resume).
+
+    The next resume is None once a batch came up short: nothing eligible is left after it.
+    """
+    relax_commit_for_housekeeping(connection)
+    parameters: dict[str, Any] = {"cutoff": cutoff, "limit": limit}
+    if resume is None:
+        keys = connection.execute(_SWEEP_FIRST, parameters).all()
+    else:
+        keys = connection.execute(_SWEEP_NEXT, {**parameters, **resume}).all()
+    if not keys:
+        return 0, None
+    ids = [row_id for _, row_id in keys]
+    deleted = connection.execute(_SWEEP_DELETE, {"row_ids": ids, "cutoff": cutoff}).rowcount
+    following = {"after_at": keys[-1][0]} if len(keys) == limit else None
+    return int(deleted), following
 
 
 def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:

@@ -23,6 +23,9 @@ from shared.errors import ConfigError, TransientError
 
 Migration = Callable[[Connection], None]
 
+# What a checkpointed WAL is cut back to: a few seconds of writes at full speed.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
 _migrations_table = sa.Table(
     "schema_migrations",
     sa.MetaData(),
@@ -77,6 +80,9 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # the worker's "sent" mark must outlive a power cut, or the user exists in the broker
         # only, or gets the email twice. Its cost is in docs/PERFORMANCE.md.
         cursor.execute("PRAGMA synchronous=FULL")
+        # A checkpoint leaves the WAL file at its largest; this truncates it back after one,
+        # so a burst of writes (a retention sweep) does not keep its size on disk for good.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -123,6 +129,30 @@ def _sqlite_now(_element: db_now, _compiler: SQLCompiler, **_options: Any) -> st
     # julianday counts days from noon, 24 November 4714 BC; 2440587.5 is 1970-01-01 00:00 UTC.
     # (unixepoch('subsec') would say it directly, but needs SQLite 3.42.) Millisecond precision.
     return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def checkpoint_quietly(engine: Engine) -> None:
+    """Copy what the WAL holds into the database file, without waiting for anyone.
+
+    For bulk housekeeping on SQLite, between its batches: otherwise the commit that crosses
+    the auto-checkpoint threshold (often a registration's) does that copying. PASSIVE takes no
+    lock that writers wait for and does what it can while they go on.
+    """
+    with engine.connect() as connection:
+        driver_connection = connection.connection.driver_connection
+        assert isinstance(driver_connection, sqlite3.Connection)
+        driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def relax_commit_for_housekeeping(connection: Connection) -> None:
+    """On PostgreSQL, let this transaction's commit return before its WAL reaches the disk.
+
+    For retention batches only: a crash may undo the last ones, which the next run deletes
+    again. Their commits then add no flush of their own to the ones registrations and emails
+    wait for.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
 def is_sqlite(engine: Engine) -> bool:

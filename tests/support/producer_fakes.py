@@ -45,6 +45,10 @@ class FakeOutbox:
         self.rows = [FakeRow(fake_message(number)) for number in range(1, count + 1)]
         self.deleted_before: list[datetime] = []
         self.mark_writes = 0
+        self.sweep_batches: list[int] = []
+        """What each batch of a sweep deletes."""
+        self.journal: list[str] = []
+        """"claim" per claim, "sweep" per sweep batch, in the order they ran."""
 
     def add(self, message: OutboxMessage, claim: Claim | None = None) -> OutboxMessage:
         """Store an event (claimed, when given a claim) as a registration does."""
@@ -60,6 +64,7 @@ class FakeOutbox:
     def claim_pending(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
     ) -> Iterator[FakeBatch]:
+        self.journal.append("claim")
         now = time.time()
         picked = [
             row
@@ -104,9 +109,11 @@ class FakeOutbox:
         for row in rows:
             row.claim_token = row.claimed_until = None
 
-    def delete_published_before(self, cutoff: datetime) -> int:
+    def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
         self.deleted_before.append(cutoff)
-        return 0
+        for count in self.sweep_batches:
+            self.journal.append("sweep")
+            yield count
 
     def count_published(self, event_ids: Sequence[str]) -> int:
         return sum(1 for row in self.rows if row.published_at and row.message.event_id in event_ids)

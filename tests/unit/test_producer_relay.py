@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -196,6 +197,37 @@ def test_the_sweep_deletes_rows_older_than_the_retention() -> None:
 
     [cutoff] = outbox.deleted_before
     assert before - timedelta(seconds=3600) <= cutoff <= datetime.now(UTC) - timedelta(seconds=3600)
+
+
+def test_the_sweep_counts_every_batch() -> None:
+    outbox = FakeOutbox(0)
+    outbox.sweep_batches = [1000, 1000, 7]
+    relay = OutboxRelay(outbox, FakePublisher, SETTINGS)
+
+    assert relay.sweep() == 2007
+    assert relay.totals.deleted == 2007
+
+
+def test_run_forever_publishes_between_two_sweep_batches() -> None:
+    # A long sweep must not stop publishing: one batch per pass, the pending events between.
+    class SweepThenStop(FakeOutbox):
+        def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
+            yield from super().sweep_published_before(cutoff, batch_size)
+            stop.set()
+
+    outbox, publisher = SweepThenStop(2), FakePublisher()
+    outbox.sweep_batches = [1000, 1000, 1000, 3]
+    stop = threading.Event()
+    relay = OutboxRelay(outbox, lambda: publisher, SETTINGS, stop=stop)
+
+    totals = relay.run_forever()
+
+    assert totals.deleted == 3003
+    assert outbox.pending() == []
+    sweeps = [index for index, entry in enumerate(outbox.journal) if entry == "sweep"]
+    assert len(sweeps) == 4
+    for earlier, later in itertools.pairwise(sweeps):
+        assert "claim" in outbox.journal[earlier + 1 : later], outbox.journal
 
 
 class FakeRegistrationStore:
