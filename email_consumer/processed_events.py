@@ -366,10 +366,17 @@ class SqlProcessedEvents:
         sent wait for one batch at most, and the pause lets them all through before the next.
         After `dispose` no further batch starts (the next run goes on where this one stopped).
         """
-        cutoff = self._clock() - age_s
         deleted = 0
         try:
-            for status, when in ((_SENT, _table.c.sent_at), (_CLAIMED, _table.c.lease_until)):
+            # Sent records by the worker's clock, which wrote `sent_at`; dead claims by the
+            # database's, which set every lease.
+            with self._engine.connect() as connection:  # a read: no lock, no commit
+                database_now = float(connection.execute(sa.select(db_now())).scalar_one())
+            passes = (
+                (_SENT, _table.c.sent_at, self._clock() - age_s),
+                (_CLAIMED, _table.c.lease_until, database_now - age_s),
+            )
+            for status, when, cutoff in passes:
                 resume: float | None = None
                 while True:
                     if deleted:

@@ -135,15 +135,20 @@ def _verifying_tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     return context
 
 
-def open_connection(settings: BrokerSettings) -> pika.BlockingConnection:
-    """A blocking connection, or `BrokerUnavailable` naming the masked URL."""
+def open_connection(settings: BrokerSettings, *, announce: bool = True) -> pika.BlockingConnection:
+    """A blocking connection, or `BrokerUnavailable` naming the masked URL.
+
+    `announce` logs "broker connected"; a check that closes the connection at once does not,
+    so that the line counts the connections a service works on.
+    """
     masked = mask_url(settings.amqp_url)
     parameters = connection_parameters(settings)
     try:
         connection = pika.BlockingConnection(parameters)
     except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as error:
         raise connection_failed(masked, error) from None
-    _log.info("broker connected", url=masked, heartbeat_s=settings.heartbeat_s)
+    if announce:
+        _log.info("broker connected", url=masked, heartbeat_s=settings.heartbeat_s)
     return connection
 
 
@@ -154,7 +159,7 @@ def refuse_bad_credentials(settings: BrokerSettings) -> None:
     waits for it, as it would for any outage.
     """
     try:
-        connection = open_connection(settings)
+        connection = open_connection(settings, announce=False)
     except BrokerRefused:
         raise
     except BrokerUnavailable:

@@ -35,6 +35,7 @@ from producer_service.schema import outbox, upgrade
 from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
 from shared.database import apply_migrations, create_database_engine
 from shared.topology import ROUTING_KEY
+from tests.support.leases import pass_time_on_leases
 from tests.support.producer import (
     database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
 )
@@ -203,6 +204,7 @@ def test_forgetting_processed_events_runs_in_batches(database_url: str) -> None:
         for number in range(7):
             store.claim(f"dead-{number}", "t", 60)  # a dead worker's claims
         now[0] += 10_000
+        pass_time_on_leases(store, 10_000)  # leases run by the database's clock
         store.claim("live", "t", 60_000)
         commits = _count_commits(store._engine)
 
