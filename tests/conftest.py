@@ -6,6 +6,7 @@ skips, so a green run means the integration tests really ran.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +23,20 @@ from tests.support.smtp import SmtpTestServer
 
 # A RabbitMQ node of the test's own, for tests that stop, kill or reconfigure the broker.
 __all__ = ["private_rabbit"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Put the root logger back after a test that ran a command's `main` in this process.
+
+    `configure_logging` replaces the root handlers, pytest's capture included; left so, every
+    later test's library logs (aiosmtpd's, for one) went to the terminal as JSON lines.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
