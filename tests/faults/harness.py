@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import pika
 import pika.exceptions
 import sqlalchemy as sa
 
+from shared.events import new_user_registered, serialise
 from tests.support.rabbit_node import RabbitNode
 from tests.support.smtp import SmtpTestServer
 
@@ -34,6 +36,17 @@ LONG: Final = os.environ.get("FAULTS_LONG", "") not in ("", "0")
 DELIVERY_TIMEOUT_S: Final = 900.0 if LONG else 240.0
 TEST_TIMEOUT_S: Final = 3600 if LONG else 300
 COMMAND_TIMEOUT_S: Final = 180.0
+
+
+def good_event() -> tuple[str, bytes]:
+    """(event_id, body) of a valid event for a new synthetic user, for floods of good traffic."""
+    event = new_user_registered(
+        user_id=str(uuid.uuid4()),
+        username=f"user{uuid.uuid4().hex[:8]}",
+        email=f"{uuid.uuid4().hex[:8]}@example.com",
+        full_name="Good Event",
+    )
+    return event.event_id, serialise(event)
 
 
 def scaled(short: int, long: int) -> int:

@@ -10,24 +10,21 @@ import pika
 import pytest
 
 from shared import topology
-from shared.events import new_user_registered, serialise
-from tests.faults.harness import TEST_TIMEOUT_S, Stack, account, queue_depth, record, scaled
+from tests.faults.harness import (
+    TEST_TIMEOUT_S,
+    Stack,
+    account,
+    good_event,
+    queue_depth,
+    record,
+    scaled,
+)
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 
-def _good_event() -> tuple[str, bytes]:
-    event = new_user_registered(
-        user_id=str(uuid.uuid4()),
-        username=f"user{uuid.uuid4().hex[:8]}",
-        email=f"{uuid.uuid4().hex[:8]}@example.com",
-        full_name="Good Event",
-    )
-    return event.event_id, serialise(event)
-
-
 def _valid_document() -> dict[str, object]:
-    _event_id, body = _good_event()
+    _event_id, body = good_event()
     document: dict[str, object] = json.loads(body)
     return document
 
@@ -64,7 +61,7 @@ def test_malformed_flood_dead_letters_the_bad_and_delivers_the_good(stack: Stack
     messages: list[tuple[str, str | None, bytes]] = []  # (message_id, good event_id, body)
     for _round in range(rounds):
         for _ in range(good_per_round):
-            event_id, body = _good_event()
+            event_id, body = good_event()
             messages.append((event_id, event_id, body))
         for what, body in _bad_bodies():
             messages.append((f"bad-{uuid.uuid4().hex[:8]}-{what}", None, body))

@@ -15,8 +15,15 @@ import uuid
 import pytest
 
 from shared import topology
-from shared.events import new_user_registered, serialise
-from tests.faults.harness import TEST_TIMEOUT_S, Stack, account, queue_depth, record, scaled
+from tests.faults.harness import (
+    TEST_TIMEOUT_S,
+    Stack,
+    account,
+    good_event,
+    queue_depth,
+    record,
+    scaled,
+)
 from tests.support.amqp_wire import Field, encode_table, publish_raw
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
@@ -31,16 +38,6 @@ _POISON_TABLES = {
 _UNENCODABLE = encode_table([("ratio", Field("d", 1e300)), ("schema_version", Field("I", 1))])
 
 
-def _event() -> tuple[str, bytes]:
-    event = new_user_registered(
-        user_id=str(uuid.uuid4()),
-        username=f"user{uuid.uuid4().hex[:8]}",
-        email=f"{uuid.uuid4().hex[:8]}@example.com",
-        full_name="Good Event",
-    )
-    return event.event_id, serialise(event)
-
-
 def test_poison_headers_dead_letter_themselves_and_the_good_events_flow(stack: Stack) -> None:
     rounds = scaled(5, 25)
     good_per_round = 20
@@ -51,11 +48,11 @@ def test_poison_headers_dead_letter_themselves_and_the_good_events_flow(stack: S
     messages: list[tuple[str, bytes, bytes, bool]] = []  # (message_id, body, table, is_good)
     for _round in range(rounds):
         for index in range(good_per_round):
-            event_id, body = _event()
+            event_id, body = good_event()
             # Every fourth good event carries the unencodable double: it must still be sent.
             messages.append((event_id, body, _UNENCODABLE if index % 4 == 0 else plain, True))
         for what, pairs in _POISON_TABLES.items():
-            event_id, body = _event()  # a good body: only the headers are poison
+            event_id, body = good_event()  # a good body: only the headers are poison
             messages.append((f"poison-{event_id}-{what}", body, encode_table(pairs), False))
         messages.append((f"bad-body-{uuid.uuid4().hex[:8]}", b"not json", _UNENCODABLE, False))
     random.Random(13).shuffle(messages)
