@@ -23,7 +23,13 @@ from producer_service.ports import (
 )
 from producer_service.schema import outbox, users
 from producer_service.validation import email_key, username_key
-from shared.database import checkpoint_quietly, db_now, is_sqlite, relax_commit_for_housekeeping
+from shared.database import (
+    checkpoint_quietly,
+    db_now,
+    is_sqlite,
+    reason_of,
+    relax_commit_for_housekeeping,
+)
 
 # Well under every database's limit on bound parameters in one statement.
 _IN_LIST_SIZE: Final = 1000
@@ -339,18 +345,7 @@ def _database_errors_are_transient() -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-        raise DatabaseUnavailable(f"database unavailable ({database_reason(error)})") from error
-
-
-def database_reason(error: sa.exc.SQLAlchemyError) -> str:
-    """The driver's exception type and first line: what went wrong, fit for one log line.
-
-    The driver's first line names the problem (never a password); SQLAlchemy's own text would
-    add the statement, and the first line of the driver's text holds no statement parameters.
-    """
-    original = getattr(error, "orig", None) or error
-    first_line = (str(original).strip().splitlines() or [""])[0]
-    return f"{type(original).__name__}: {first_line}".rstrip(": ")
+        raise DatabaseUnavailable(f"database unavailable ({reason_of(error)})") from error
 
 
 def _user_row(user: NewUser) -> dict[str, Any]:

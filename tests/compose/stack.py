@@ -133,32 +133,15 @@ class ComposeStack:
 
     def built_images(self) -> list[str]:
         """Every image, tagged or dangling, that a build of this project made."""
-        result = subprocess.run(
-            [
-                "docker",
-                "images",
-                "--all",
-                "--quiet",
-                "--filter",
-                f"label={PROJECT_LABEL}={self.project}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return sorted(set(result.stdout.split()))
+        return sorted(set(self._labelled("images", "--all")))
 
     def volumes(self) -> list[str]:
+        return self._labelled("volume", "ls")
+
+    def _labelled(self, *command: str) -> list[str]:
+        """The ids `docker COMMAND --quiet` lists for this project's label."""
         result = subprocess.run(
-            [
-                "docker",
-                "volume",
-                "ls",
-                "--quiet",
-                "--filter",
-                f"label={PROJECT_LABEL}={self.project}",
-            ],
+            ["docker", *command, "--quiet", "--filter", f"label={PROJECT_LABEL}={self.project}"],
             capture_output=True,
             text=True,
             timeout=60,
