@@ -159,7 +159,7 @@ _RELEASE_RESEND = (
         _table.c.status == _RESENDING,
         _table.c.claim_token == sa.bindparam("p_token"),
     )
-    .values(status=_UNCERTAIN, claim_token=None, lease_until=sa.bindparam("p_now"))
+    .values(status=_UNCERTAIN, claim_token=None, lease_until=0.0)  # its resend may start at once
 )
 
 
@@ -342,9 +342,7 @@ class SqlProcessedEvents:
     def release_resend(self, event_id: str, token: str) -> None:
         try:
             with self._transaction() as connection:
-                connection.execute(
-                    _RELEASE_RESEND, {"p_event_id": event_id, "p_token": token, "p_now": 0.0}
-                )
+                connection.execute(_RELEASE_RESEND, {"p_event_id": event_id, "p_token": token})
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 

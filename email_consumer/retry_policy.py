@@ -125,7 +125,7 @@ class RetryPolicy:
         if permanent:
             return DeadLetter(PERMANENT)
         if busy and self.broker_delays_s:
-            return RetryLater(self.broker_delays_s[0], counts_as_retry=False)
+            return self.park(at_least_s=self.broker_delays_s[0])
         if broker_retries_done < len(self.broker_delays_s):
             return RetryLater(self.broker_delays_s[broker_retries_done])
         return DeadLetter(RETRIES_EXHAUSTED)

@@ -179,7 +179,7 @@ class SmtpEmailSender:
         code, reply = _command(Stage.RCPT, lambda: connection.rcpt(email.envelope_to))
         if code not in (250, 251):
             raise reply_error(Stage.RCPT, code, _decode(reply))
-        code, reply = _command(Stage.DATA, lambda: _data_command(connection))
+        code, reply = _command(Stage.DATA, lambda: connection.docmd("data"))
         if code != 354:
             raise reply_error(Stage.DATA, code, _decode(reply))
         # Until every byte of the data block, final dot included, is written, the server cannot
@@ -295,11 +295,6 @@ def _command(stage: Stage, call: Callable[[], _T]) -> _T:
     except (smtplib.SMTPServerDisconnected, OSError) as error:
         # smtplib reports a socket timeout or reset while reading a reply as "disconnected".
         raise _ConnectionLost(stage, error) from None
-
-
-def _data_command(connection: smtplib.SMTP) -> tuple[int, bytes]:
-    connection.putcmd("data")
-    return connection.getreply()
 
 
 def _data_block(data: bytes) -> bytes:

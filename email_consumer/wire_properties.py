@@ -77,15 +77,15 @@ def undecodable(properties: Any) -> str | None:
 
 def encodable(headers: Mapping[Any, Any] | None) -> dict[Any, Any]:
     """`headers` without the entries pika cannot encode; their names go in `dropped-headers`."""
+    if _encodes(headers or {}):
+        return dict(headers or {})  # the usual case: every entry encodes, one pass
     kept: dict[Any, Any] = {}
     dropped: list[str] = []
     for name, value in (headers or {}).items():
-        try:
-            pika.data.encode_table([], {name: value})
-        except Exception:  # noqa: BLE001 - pika raises struct.error, OverflowError, its own, ...
+        if _encodes({name: value}):
+            kept[name] = value
+        else:
             dropped.append(name if isinstance(name, str) else repr(name))
-            continue
-        kept[name] = value
     if dropped:
         kept[DROPPED_HEADERS] = ",".join(sorted(dropped))[:_PROBLEM_BUDGET]
     return kept
@@ -112,3 +112,11 @@ def _without_headers(encoded: bytes, offset: int) -> bytes:
     rest = encoded[position + 4 + size :]
     kept_flags = flags & ~spec.BasicProperties.FLAG_HEADERS
     return struct.pack(">H", kept_flags) + encoded[offset + 2 : position] + rest
+
+
+def _encodes(table: Mapping[Any, Any]) -> bool:
+    try:
+        pika.data.encode_table([], dict(table))
+    except Exception:  # noqa: BLE001 - pika raises struct.error, OverflowError, its own, ...
+        return False
+    return True

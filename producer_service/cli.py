@@ -30,6 +30,7 @@ from shared.cli import (
     EXIT_CONFLICT,
     EXIT_INVALID,
     EXIT_OK,
+    MESSAGE_LIMIT,
     ExitCodes,
     add_command,
     new_parser,
@@ -41,7 +42,7 @@ from shared.cli import (
 from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
 from shared.display import json_line, printable, quoted
 from shared.errors import TransientError
-from shared.logging import event_context, get_logger
+from shared.logging import event_context, get_logger, redact
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
 
@@ -180,8 +181,9 @@ def _publish_now(producer: Producer, event_id: str) -> bool:
         if published:
             return True
         reason = "not published yet"
+    shown = printable(redact(reason), MESSAGE_LIMIT)
     print(
-        f"event {event_id} was not published ({printable(reason, 300)}); it is queued in the "
+        f"event {event_id} was not published ({shown}); it is queued in the "
         "outbox and will be published by the relay",
         file=sys.stderr,
     )

@@ -71,7 +71,7 @@ def validate_registration(username: str, email: str, full_name: str | None) -> V
 
 def validate_username(username: str) -> str:
     if _USERNAME_PATTERN.fullmatch(username) is None:
-        raise ValidationError(f"invalid username {_quote(username)}: {USERNAME_RULES}")
+        raise ValidationError(f"invalid username {quoted(username)}: {USERNAME_RULES}")
     return username
 
 
@@ -90,7 +90,7 @@ def validate_email_address(email: str) -> str:
         # No deliverability check: a registration must not depend on DNS answering.
         checked = validate_email(email, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:
-        raise ValidationError(f"invalid email address {_quote(email)}: {error}") from None
+        raise ValidationError(f"invalid email address {quoted(email)}: {error}") from None
     return str(checked.ascii_email)
 
 
@@ -136,9 +136,3 @@ def _require_encodable(field: str, value: str | None) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(f"{field} is not valid UTF-8 text") from None
-
-
-def _quote(value: str, limit: int = 60) -> str:
-    # Control characters escaped, so the error message itself stays one safe line; a value cut
-    # short keeps its closing quote.
-    return quoted(value, limit)
