@@ -115,8 +115,6 @@ class DeadLetterQueue:
         self._connection: pika.BlockingConnection | None = None
 
     def __enter__(self) -> DeadLetterQueue:
-        # A header table pika cannot decode must not end the listing or the replay.
-        wire_properties.install()
         self._connection = open_connection(self._broker)
         with self._channel() as channel:
             topology.declare_topology(channel, retry_delays_s=self._retry_delays_s)

@@ -14,7 +14,7 @@ The other way round, pika cannot encode every value it decodes (a double of 1e30
 int too big for a 64-bit field): `encodable` keeps only the headers pika can write, so a copy
 sent to a retry queue, the DLQ or back by a replay always goes out.
 
-The worker and the DLQ tools call `install` before they open a connection.
+`email-consumer` calls `install` once at start-up, before it opens a connection.
 """
 
 from __future__ import annotations
