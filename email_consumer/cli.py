@@ -127,11 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms). A
-# pool thread whose SMTP reply or database answer has arrived waits for the GIL before it can go
-# on, once per socket or database call, some fifteen times per email; at 200 emails/s the
-# default made those waits most of an email's latency (p50 about 120 ms, against about 40 ms at
-# 1 ms in the same bench), for no measurable gain in throughput.
+# How long a thread may keep the GIL while another waits (CPython's default: 5 ms). A pool
+# thread waits for it after each SMTP or database answer, some fifteen times per email; under
+# load the default made those waits most of an email's latency (docs/PERFORMANCE.md).
 GIL_SWITCH_INTERVAL_S = 0.001
 
 

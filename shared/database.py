@@ -90,8 +90,8 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # Taking the write lock at BEGIN means a transaction that reads and then writes never
         # fails half-way with SQLITE_BUSY; it waits (busy_timeout) for its turn instead. Reads
         # take it too (SQLAlchemy begins every transaction the same way); each is short.
-        # Straight on the driver's connection: through `exec_driver_sql` this one statement
-        # cost as much CPU as the statement the transaction is for.
+        # Straight on the driver's connection: through SQLAlchemy, this statement cost as much
+        # as the one the transaction is for.
         driver_connection = connection.connection.driver_connection
         assert isinstance(driver_connection, sqlite3.Connection)
         try:
