@@ -1,19 +1,12 @@
 """The dead-letter breaker: when the mail server refuses everyone, stop dead-lettering.
 
-A permanent refusal is a verdict on one recipient only if the server accepts others. A server
-that refuses every message (a missing login answered `530` at MAIL FROM, a relay that no longer
-relays for us and answers `550` to every RCPT TO) would otherwise empty the whole queue into the
-DLQ, one "permanent" event after another. So:
-
-* CLOSED (normal): refusals of different recipients in a row are counted; a delivered email
-  resets the count. `threshold` of them, or one refusal of the server itself (a
-  `ServerRefused`: session, login, sender), open the breaker.
-* OPEN: nothing is dead-lettered for a refusal; events are parked in a retry queue without
-  using up their retries, and without being tried, except one probe every `probe_interval_s`:
-  a real event, tried as usual. The first email the server accepts closes the breaker.
-
-Pure state (a clock is passed in) behind a lock: the worker's pool threads share one breaker.
-Transitions are returned so the caller logs them and sets the metric.
+A permanent refusal is a verdict on one recipient only if the server accepts others; a server
+refusing every message (`530` at MAIL FROM, `550` to every RCPT TO) would otherwise empty the
+queue into the DLQ. CLOSED: refusals of different recipients in a row are counted, a delivered
+email resets the count; `threshold` of them, or one `ServerRefused`, open it. OPEN: refused
+events are parked without using up a retry, and not tried but for one probe (a real event)
+every `probe_interval_s`; the first email accepted closes it. Pure state behind a lock (the
+pool threads share one breaker); transitions are returned for the caller to log and count.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from email_consumer import bootstrap
+from email_consumer import bootstrap, wire_properties
 from email_consumer.dead_letters import DeadLetterSummary
-from email_consumer.settings import ConsumerSettings, consumer_settings
+from email_consumer.settings import ConsumerSettings
 from shared.amqp import refuse_bad_credentials
 from shared.cli import (
     EXIT_INVALID,
@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    settings = consumer_settings(Environment())
+    settings = ConsumerSettings.from_env(Environment())
+    # Before any connection opens, for every connection of the process: a header table pika
+    # cannot decode then costs one message, not the connection (the worker's or a DLQ tool's).
+    wire_properties.install()
     bootstrap.set_up_logging(settings)
     if args.command == "run":
         return _run(settings)
@@ -57,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = new_parser(
         PROG,
         "The welcome-email worker and its dead-letter queue tools.",
-        settings=consumer_settings,
+        settings=ConsumerSettings.from_env,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_command(
@@ -124,11 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms). A
-# pool thread whose SMTP reply or database answer has arrived waits for the GIL before it can go
-# on, once per socket or database call, some fifteen times per email; at 200 emails/s the
-# default made those waits most of an email's latency (p50 about 120 ms, against about 40 ms at
-# 1 ms in the same bench), for no measurable gain in throughput.
+# How long a thread may keep the GIL while another waits (CPython's default: 5 ms). A pool
+# thread waits for it after each SMTP or database answer, some fifteen times per email; under
+# load the default made those waits most of an email's latency (docs/PERFORMANCE.md).
 GIL_SWITCH_INTERVAL_S = 0.001
 
 

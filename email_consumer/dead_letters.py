@@ -1,20 +1,13 @@
-"""Operator tools for the dead-letter queue: list, replay, purge.
+"""Operator tools for the dead-letter queue: list, replay, migrate, purge.
 
-How listing stays lossless: it takes up to N messages with `basic_get` *without*
-acknowledging them, reads them, then closes its channel, which hands every one of them back to
-the DLQ (unacknowledged messages are returned to their queue when their channel closes). Nothing
-is ever acknowledged, so a crash mid-listing loses nothing either. The DLQ is a classic queue
-(`topology.dead_letter_queue_arguments` says why), which puts each returned message back in its
-place and counts no delivery: a thousand listings leave it as it was. A DLQ declared by an older
-version (a quorum queue) is refused by `list` until `migrate` re-created it. While a listing
-runs, the messages it holds are invisible to a concurrent replay, which then simply sees fewer.
-
-Properties are decoded tolerantly (`wire_properties`): a message whose header table pika cannot
-read is listed with that reason, replayed with fresh headers, and purged like any other.
-
-Replay publishes each copy to the main queue on a confirm-mode channel, and acknowledges (removes)
-the DLQ message only after the broker confirmed the copy. It handles at most the messages that
-were in the DLQ when it started, so an event that fails again at once cannot loop forever.
+Listing is lossless: it takes up to N messages with `basic_get` without acknowledging them,
+then closes its channel, which hands them all back (a crash mid-listing too). The DLQ is a
+classic queue (`topology.dead_letter_queue_arguments` says why), so each returns to its place
+and counts no delivery; one declared by an older version (a quorum queue) is refused by `list`
+until `migrate` re-created it. Replay acknowledges a DLQ message only once the broker confirmed
+its copy on the main queue, and handles at most the messages there when it started, so an
+event that fails again at once cannot loop forever. A header table pika cannot read is listed
+with that reason and replayed with fresh headers (`wire_properties`).
 """
 
 from __future__ import annotations
@@ -115,8 +108,6 @@ class DeadLetterQueue:
         self._connection: pika.BlockingConnection | None = None
 
     def __enter__(self) -> DeadLetterQueue:
-        # A header table pika cannot decode must not end the listing or the replay.
-        wire_properties.install()
         self._connection = open_connection(self._broker)
         with self._channel() as channel:
             topology.declare_topology(channel, retry_delays_s=self._retry_delays_s)

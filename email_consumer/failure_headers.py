@@ -1,20 +1,7 @@
 """The AMQP headers that travel with an event through retry queues, the DLQ and replays.
 
-Pure functions over header dictionaries, so the worker and the DLQ tools agree on one format.
-
-| header | meaning |
-| --- | --- |
-| `retry-count` | delayed retries through the broker so far (reset by `dlq replay`) |
-| `attempts` | delivery attempts so far, in-process retries included |
-| `first-failure-at`, `last-failure-at` | ISO 8601 UTC times of the first and latest failure |
-| `error-type` | class name of the latest error (e.g. `SmtpRejected`, `InvalidEvent`) |
-| `error-message` | its message, cut to `ERROR_MESSAGE_BUDGET_BYTES` bytes of UTF-8 |
-| `smtp-code` | the mail server's reply code, when the error was an SMTP reply |
-| `dead-letter-reason` | why it went to the DLQ: `permanent`, `retries-exhausted`, `malformed`, |
-| | `uncertain` |
-| `worker-host` | host name of the worker that moved the event |
-| `original-routing-key` | the routing key it was first published with |
-| `replay-count` | how many times `dlq replay` sent it back |
+Pure functions over header dictionaries, so the worker and the DLQ tools agree on one format;
+the headers and their meaning are listed in docs/CONTRACT.md (and docs/asyncapi.yaml).
 """
 
 from __future__ import annotations

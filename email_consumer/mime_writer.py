@@ -1,25 +1,13 @@
 """Writing a two-part (plain text and HTML) email straight to bytes, for the common case.
 
-Why not the `email` package for every email: building an `EmailMessage` and flattening it parses
-every header it is given back into tokens and folds it again, some 2.4 ms of CPU per welcome
-email on the benchmark machine, well over half of the worker's CPU per email. A welcome email
-has one fixed shape, so this module writes that shape directly, in microseconds, and leaves the
-encoding rules to the standard library's small helpers: `email.header.Header` writes RFC 2047
-encoded-words (folded, at most 75 characters each) and `binascii.b2a_qp` the quoted-printable
-bodies.
-
-Safety does not rest on escaping user text inside raw header syntax:
-
-* a display name or subject is written as it is only when it is printable ASCII that fits on one
-  line, and a display name then always inside a quoted-string with `\\` and `"` escaped;
-  everything else becomes encoded-words, which carry no header syntax at all;
-* both bodies are quoted-printable, which writes every `=` as `=3D`, so the boundary (which
-  starts with `=_`) can never occur in a body;
-* the caller passes only addresses that match the plain dot-atom shape (`is_plain_address`);
-  any other address is left to the `email` package.
-
-Line breaks never get this far: the event parser refuses control characters, and `=?` (the
-start of an encoded-word) in any field.
+Building an `EmailMessage` and flattening it re-parses and re-folds every header: well over half
+of the worker's CPU per email. A welcome email has one fixed shape, so this writes that shape
+directly and leaves the encoding rules to the standard library (`email.header.Header` for RFC
+2047 encoded-words, `binascii.b2a_qp` for the bodies). Safety does not rest on escaping user
+text inside header syntax: a display name or subject is written as it is only when it is
+printable ASCII on one line (a display name inside a quoted-string), else as encoded-words;
+both bodies are quoted-printable, so the boundary (`=_...`) cannot occur in them; and only
+plain dot-atom addresses (`is_plain_address`) come here, the rest go to the `email` package.
 """
 
 from __future__ import annotations

@@ -74,9 +74,8 @@ def _index_retention(connection: Connection) -> None:
 
 MIGRATIONS = (_create_processed_events, _index_retention)
 
-# The per-email statements, built once with bound parameters: building `update().where(...)` on
-# every call cost more CPU than running it, and a reused statement hits SQLAlchemy's compiled
-# cache at once. (Parameter names differ from column names, which SQLAlchemy reserves for SET.)
+# The per-email statements, built once with bound parameters: built per call, they cost more
+# than running them. (Parameter names differ from column names, which SQLAlchemy reserves for SET.)
 _table = processed_events
 _INSERT_CLAIM = _table.insert().values(
     event_id=sa.bindparam("p_event_id"),
@@ -215,9 +214,8 @@ class SqlProcessedEvents:
         self._sleep = sleep  # the pause between two retention batches
         # SQLite has one write lock per file, and a thread that finds it taken sleeps in growing
         # steps (1, 2, 5 ... 100 ms) instead of waking when it frees. The worker's own threads
-        # queue on a Python lock instead, which hands over at once, and share one connection
-        # (checking a pooled one out and in cost a third of each transaction's CPU); other
-        # processes still meet SQLite's busy timeout. On PostgreSQL, which locks rows, each
+        # queue on a Python lock instead, which hands over at once, and share one connection;
+        # other processes still meet SQLite's busy timeout. On PostgreSQL, which locks rows, each
         # transaction takes a pooled connection and they run side by side.
         self._sqlite_lock = threading.Lock() if is_sqlite(engine) else None
         self._sqlite_connection: Connection | None = None

@@ -1,19 +1,11 @@
 """The welcome email for a `user_registered` event, built without any I/O.
 
 The HTML goes through Jinja2 with autoescaping on, so a name like `<script>` cannot add markup.
-Headers are written one of two ways, chosen by the user's address:
-
-* a plain dot-atom address (nearly every one) gets the message written straight to bytes by
-  `mime_writer`, which keeps user text out of header syntax (see its docstring) at a small
-  fraction of the `email` package's CPU cost;
-* any other address (quoted local parts, international domains) goes through the `email`
-  package's API, whose `Address` and header registry refuse line breaks and quote or refuse
-  what needs it; its `To:` line, though, is written by `to_header`, since the package's
-  folding of a display name can change the header's structure.
-
-Either way the result is the serialised message plus its SMTP envelope (`RenderedEmail`), and a
-mail server parses both into the same headers and parts (tests/unit/test_email_rendering.py
-checks that). The templates are loaded once, when the renderer is built in the composition root.
+A plain dot-atom address (nearly every one) gets the message written straight to bytes by
+`mime_writer`; any other (quoted local parts, international domains) goes through the `email`
+package, whose header registry refuses line breaks and quotes what needs it, except the `To:`
+line (`to_header`): its folding of a display name can change the header's structure. Either
+way a mail server parses the result into the same headers and parts (test_email_rendering.py).
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """What the worker does after a failure, as data with documented defaults.
 
-Three stages, in order:
-
-1. In process (tenacity): a transient error is retried at once on the same delivery, with
-   exponential backoff plus jitter, at most `attempts` times and for at most `max_total_s`
-   seconds. This rides out a blip (a 4xx, a dropped SMTP connection) without touching the broker.
-   The budget is kept far below RabbitMQ's consumer timeout (30 minutes by default), which would
-   close the channel of a delivery held unacknowledged for too long.
-2. Through the broker: when the in-process budget is spent, the event is parked in the TTL queue
-   `email_consumer.user_registered.retry.<N>s` for the next delay of `broker_delays_s`, and the
-   broker puts it back on the main queue when the delay expires. Longer outages need no worker
-   thread and no unacknowledged delivery.
-3. The dead-letter queue: when every delay is used, or at once for a permanent error.
-
-Two cases wait without using up a retry (`park`): an event held by another delivery, and every
-event while the mail server refuses everyone (the breaker, breaker.py). And one case has its own
-rule (`after_uncertain`): when the email may have been sent (no reply to the final dot), it is
-never retried in process; it is parked once, for at least WORKER_UNCERTAIN_RESEND_AFTER_S, for
-its one resend; after an uncertain resend it goes to the DLQ (reason `uncertain`), and is never
-sent again, not even by a replay (the processed-events record says "maybe sent twice").
+Three stages: retried in process (tenacity, backoff with jitter, within `attempts` and
+`max_total_s`, far below RabbitMQ's 30-minute consumer timeout) to ride out a blip without the
+broker; then parked in the TTL queue for the next delay of `broker_delays_s`, so a long outage
+holds no thread and no unacknowledged delivery; then the DLQ (at once for a permanent error).
+An event busy elsewhere, and every event while the breaker is open, wait without using up a
+retry (`park`). An email that may have been sent (no reply to the final dot) is never retried
+in process: it is parked once for its one resend (`after_uncertain`), and after an uncertain
+resend it goes to the DLQ (`uncertain`) and is never sent again, not even by a replay.
 """
 
 from __future__ import annotations

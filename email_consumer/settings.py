@@ -1,39 +1,10 @@
 """The worker's settings, read once from the environment in the composition root.
 
-Contract variables (CONTRACT.md): SMTP_HOST, SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD,
-SMTP_STARTTLS, SMTP_TIMEOUT_S, MAIL_FROM, CONSUMER_DATABASE_URL, AMQP_*, LOG_*.
-The worker's own (with defaults):
-
-| variable | default | meaning |
-| --- | --- | --- |
-| SMTP_FINAL_REPLY_TIMEOUT_S | 600 | wait for the reply to the final dot (RFC 5321 §4.5.3.2.6) |
-| WORKER_UNCERTAIN_RESEND_AFTER_S | longest RETRY_DELAYS_S | wait before the one resend (***) |
-| WORKER_BREAKER_THRESHOLD | 5 | refused recipients in a row (all different) that open the breaker |
-| WORKER_BREAKER_PROBE_S | 30 | while open: one event tried per this many seconds, others parked |
-| WORKER_CONCURRENCY | 4 | emails sent at once: SMTP connections (2 threads per connection) |
-| WORKER_PREFETCH | = 3 x WORKER_CONCURRENCY | unacknowledged deliveries the broker sends ahead |
-| WORKER_SHUTDOWN_TIMEOUT_S | 30 | on SIGTERM, how long in-flight events may finish |
-| WORKER_CLAIM_LEASE_S | 900 | how long one delivery holds an event before another may (*) |
-| WORKER_RECONNECT_MAX_DELAY_S | 30 | cap of the growing delay between reconnection attempts |
-| RETRY_ATTEMPTS | 4 | in-process attempts per delivery (tenacity) |
-| RETRY_INITIAL_BACKOFF_S | 0.5 | first in-process backoff, doubled each retry, plus jitter |
-| RETRY_MAX_BACKOFF_S | 5 | cap of one in-process backoff |
-| RETRY_MAX_TOTAL_S | 30 | cap of the time spent on one delivery in process |
-| WORKER_PROCESSED_RETENTION_S | 2592000 (30 days) | how long processed event ids are kept (**) |
-| RETRY_DELAYS_S | 5,30,300 | delayed retries through the broker, then the DLQ |
-| METRICS_PORT | 0 | Prometheus endpoint port; 0 turns it off |
-| METRICS_ADDRESS | 0.0.0.0 | listening address (all: Prometheus scrapes containers) |
-
-(*) At least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S: one send is about ten socket
-operations (connect, greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, the message), each bounded
-by the timeout, then the reply to the final dot, bounded by its own; a lease that ended mid-send
-would let a second worker send too.
-(**) A redelivery or replay of an event older than this would send its email again.
-(***) When the reply to the final dot never came, the email may have been sent: the event is
-recorded "maybe sent" and resent once, no sooner than this, then never again (handler.py).
-
-SMTP_USERNAME with SMTP_STARTTLS=false is refused unless SMTP_HOST is a loopback address: the
-password would otherwise cross the network in clear text.
+Every variable, its default and its meaning are in docs/CONTRACT.md. Besides one check per
+value, `ConsumerSettings.from_env` refuses combinations that would break a promise: a claim
+lease shorter than the longest send (a second worker could send too), a final-reply timeout
+shorter than the other SMTP timeouts, and an SMTP login without STARTTLS to a host other than
+this machine (the password would cross the network in clear text).
 """
 
 from __future__ import annotations
@@ -59,7 +30,9 @@ from shared.topology import DEFAULT_RETRY_DELAYS_S
 
 DEFAULT_MAIL_FROM = "Example <welcome@example.com>"
 DEFAULT_PROCESSED_RETENTION_S = 30 * 24 * 3600.0
-# Socket operations of one send before the final dot, plus margin; see (*) above.
+# One send is about ten socket operations (connect, greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT,
+# DATA, the message), each bounded by SMTP_TIMEOUT_S, then the reply to the final dot, bounded
+# by its own timeout; this many timeouts plus that one bound the longest send.
 SEND_OPERATIONS_PER_LEASE = 11
 # RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes".
 DEFAULT_FINAL_REPLY_TIMEOUT_S = 600.0
@@ -105,6 +78,26 @@ class ConsumerSettings:
     metrics_port: int
     metrics_address: str
 
+    @classmethod
+    def from_env(cls, env: Environment) -> ConsumerSettings:
+        """Read and check every setting; a bad value raises `ConfigError` naming the variable."""
+        smtp = _smtp_settings(env)
+        retry = _retry_policy(env)
+        return cls(
+            broker=broker_settings(env),
+            logging=logging_settings(env),
+            smtp=smtp,
+            mail_from=parse_mail_from(env.text("MAIL_FROM", DEFAULT_MAIL_FROM)),
+            database_url=env.database_url(
+                "CONSUMER_DATABASE_URL", sqlite_default_url("email_consumer.sqlite3")
+            ),
+            worker=_worker_settings(env, smtp, retry),
+            retry=retry,
+            metrics_port=env.port("METRICS_PORT", 0, allow_zero=True),
+            # All addresses by default: Prometheus scrapes containers from outside them.
+            metrics_address=env.text("METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104
+        )
+
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line (URL passwords also percent-decoded)."""
         found = [self.smtp.password]
@@ -113,18 +106,7 @@ class ConsumerSettings:
         return [s for s in found if s]
 
 
-def consumer_settings(env: Environment) -> ConsumerSettings:
-    """Read and check every setting; a bad value raises `ConfigError` naming the variable."""
-    concurrency = env.integer("WORKER_CONCURRENCY", 4, minimum=1)
-    retry = RetryPolicy(
-        attempts=env.integer("RETRY_ATTEMPTS", retry_policy.DEFAULT_ATTEMPTS, minimum=1),
-        initial_backoff_s=env.number(
-            "RETRY_INITIAL_BACKOFF_S", retry_policy.DEFAULT_INITIAL_BACKOFF_S
-        ),
-        max_backoff_s=env.number("RETRY_MAX_BACKOFF_S", retry_policy.DEFAULT_MAX_BACKOFF_S),
-        max_total_s=env.number("RETRY_MAX_TOTAL_S", retry_policy.DEFAULT_MAX_TOTAL_S),
-        broker_delays_s=env.integers("RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S),
-    )
+def _smtp_settings(env: Environment) -> SmtpSettings:
     smtp = SmtpSettings(
         host=env.text("SMTP_HOST", "localhost"),
         port=env.port("SMTP_PORT", 1025),
@@ -143,6 +125,23 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
             "answers the final dot"
         )
     _refuse_cleartext_login(smtp)
+    return smtp
+
+
+def _retry_policy(env: Environment) -> RetryPolicy:
+    return RetryPolicy(
+        attempts=env.integer("RETRY_ATTEMPTS", retry_policy.DEFAULT_ATTEMPTS, minimum=1),
+        initial_backoff_s=env.number(
+            "RETRY_INITIAL_BACKOFF_S", retry_policy.DEFAULT_INITIAL_BACKOFF_S
+        ),
+        max_backoff_s=env.number("RETRY_MAX_BACKOFF_S", retry_policy.DEFAULT_MAX_BACKOFF_S),
+        max_total_s=env.number("RETRY_MAX_TOTAL_S", retry_policy.DEFAULT_MAX_TOTAL_S),
+        broker_delays_s=env.integers("RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S),
+    )
+
+
+def _worker_settings(env: Environment, smtp: SmtpSettings, retry: RetryPolicy) -> WorkerSettings:
+    concurrency = env.integer("WORKER_CONCURRENCY", 4, minimum=1)
     claim_lease_s = env.number("WORKER_CLAIM_LEASE_S", DEFAULT_CLAIM_LEASE_S, minimum=1.0)
     longest_send_s = SEND_OPERATIONS_PER_LEASE * smtp.timeout_s + smtp.final_reply_timeout_s
     if claim_lease_s < longest_send_s:
@@ -151,40 +150,27 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
             f"{SEND_OPERATIONS_PER_LEASE} x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S "
             f"({longest_send_s:g}): a claim must outlast the send it protects"
         )
-    return ConsumerSettings(
-        broker=broker_settings(env),
-        logging=logging_settings(env),
-        smtp=smtp,
-        mail_from=parse_mail_from(env.text("MAIL_FROM", DEFAULT_MAIL_FROM)),
-        database_url=env.database_url(
-            "CONSUMER_DATABASE_URL", sqlite_default_url("email_consumer.sqlite3")
+    return WorkerSettings(
+        concurrency=concurrency,
+        # More than the pool's 2 x concurrency threads: a thread that finishes finds the
+        # next delivery already here instead of waiting a round trip to the broker for it.
+        prefetch=env.integer("WORKER_PREFETCH", 3 * concurrency, minimum=1),
+        shutdown_timeout_s=env.number("WORKER_SHUTDOWN_TIMEOUT_S", 30.0),
+        claim_lease_s=claim_lease_s,
+        reconnect_max_delay_s=env.number("WORKER_RECONNECT_MAX_DELAY_S", 30.0, minimum=0.1),
+        processed_retention_s=env.number(
+            "WORKER_PROCESSED_RETENTION_S", DEFAULT_PROCESSED_RETENTION_S, minimum=1.0
         ),
-        worker=WorkerSettings(
-            concurrency=concurrency,
-            # More than the pool's 2 x concurrency threads: a thread that finishes finds the
-            # next delivery already here instead of waiting a round trip to the broker for it.
-            prefetch=env.integer("WORKER_PREFETCH", 3 * concurrency, minimum=1),
-            shutdown_timeout_s=env.number("WORKER_SHUTDOWN_TIMEOUT_S", 30.0),
-            claim_lease_s=claim_lease_s,
-            reconnect_max_delay_s=env.number("WORKER_RECONNECT_MAX_DELAY_S", 30.0, minimum=0.1),
-            processed_retention_s=env.number(
-                "WORKER_PROCESSED_RETENTION_S", DEFAULT_PROCESSED_RETENTION_S, minimum=1.0
-            ),
-            uncertain_resend_after_s=env.number(
-                "WORKER_UNCERTAIN_RESEND_AFTER_S",
-                float(max(retry.broker_delays_s, default=300)),
-                minimum=0.0,
-            ),
-            breaker_threshold=env.integer(
-                "WORKER_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD, minimum=1
-            ),
-            breaker_probe_s=env.number(
-                "WORKER_BREAKER_PROBE_S", DEFAULT_BREAKER_PROBE_S, minimum=0.1
-            ),
+        # An email that may have been sent is resent once, after the longest broker delay.
+        uncertain_resend_after_s=env.number(
+            "WORKER_UNCERTAIN_RESEND_AFTER_S",
+            float(max(retry.broker_delays_s, default=300)),
+            minimum=0.0,
         ),
-        retry=retry,
-        metrics_port=env.port("METRICS_PORT", 0, allow_zero=True),
-        metrics_address=env.text("METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - see the table
+        breaker_threshold=env.integer(
+            "WORKER_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD, minimum=1
+        ),
+        breaker_probe_s=env.number("WORKER_BREAKER_PROBE_S", DEFAULT_BREAKER_PROBE_S, minimum=0.1),
     )
 
 

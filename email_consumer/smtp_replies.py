@@ -1,8 +1,7 @@
 """What an SMTP reply, or its absence, means for the event: pure, by stage and reply code.
 
-A reply code alone does not say whose problem it is: `530 Authentication required` or `554` to
-MAIL FROM refuses every message this worker sends, while `550` to RCPT TO refuses one recipient.
-So the verdict depends on the stage the reply answers:
+A code alone does not say whose problem it is (`554` to MAIL FROM refuses every message, `550`
+to RCPT TO one recipient), so the verdict depends on the stage it answers:
 
 | stage | 4xx | 5xx | no reply (timeout, dropped, garbled) |
 | --- | --- | --- | --- |
@@ -11,15 +10,10 @@ So the verdict depends on the stage the reply answers:
 | RCPT (RCPT TO) | transient | recipient refused (*) | unavailable |
 | CONTENT (the reply to the final dot) | transient | message refused (*) | **uncertain** |
 
-(*) Unless the code or enhanced status names authentication or a protocol sequence problem
-(`AUTH_OR_SEQUENCE_CODES`, `AUTH_ENHANCED_STATUSES`): some servers answer `530` only at RCPT
-TO, or after the data. Those are server refusals at any stage.
-
-A server refusal is transient and never dead-letters (errors.ServerRefused). "Recipient refused"
-and "message refused" are permanent (SmtpRejected); the breaker (breaker.py) catches a server
-that refuses every recipient with codes that look per-recipient. "Uncertain" is the one case in
-which the server may hold the message: after the final dot, nothing but a reply proves it did
-not, RFC 5321 §4.5.3.2.6 and §6.1.
+(*) Unless it names authentication or a sequence problem (`AUTH_OR_SEQUENCE_CODES`,
+`AUTH_ENHANCED_STATUSES`), a server refusal at any stage. Server refusals are transient;
+refused recipients and messages are permanent (`SmtpRejected`). Only after the final dot can
+the server hold the message without saying so (RFC 5321 §4.5.3.2.6, §6.1).
 """
 
 from __future__ import annotations

@@ -1,40 +1,16 @@
-"""The smtplib adapter of the `EmailSender` port.
+"""The smtplib adapter of the `EmailSender` port: a pool of SMTP connections, one send each.
 
-A pool of at most `max_connections` SMTP connections (WORKER_CONCURRENCY), shared by the
-worker's threads: a send takes an idle connection (or opens one while under the limit, or waits
-for one), and gives it back after. So the mail server sees a fixed number of sessions however
-many threads prepare emails, and a fresh TCP + TLS + login per email is avoided. smtplib objects
-are not thread-safe; a connection is used by one send at a time. The handler takes a slot
-(`reserved`) before it claims an event, so the claim's lease never covers a wait for one.
-
-A broken or stale connection is dropped and reopened: one idle for a few seconds is checked
-with NOOP before use (servers close idle sessions), and one that breaks at its first command
-(MAIL FROM, before anything of the message went out) is reopened once and the send tried again
-on the fresh one. A NOOP before every email would cost a round trip each. The email arrives
-already serialised (`RenderedEmail`) and goes out as those very bytes.
+At most `max_connections` (WORKER_CONCURRENCY) sessions are shared by the worker's threads, so
+the mail server sees a fixed number however many threads prepare emails, and no email pays for a
+fresh TCP + TLS + login. The handler takes a slot (`reserved`) before it claims an event, so a
+claim's lease never covers a wait for a connection. A stale connection is dropped and reopened.
 
 The transaction is driven stage by stage (MAIL, RCPT, DATA, the message, the reply to its final
-dot) rather than through `sendmail`, so every failure is known by its stage, and each stage has
-its timeout (RFC 5321 §4.5.3.2): the reply to the final dot is waited for up to
-SMTP_FINAL_REPLY_TIMEOUT_S (10 minutes by default, the RFC's figure), every other operation up
-to SMTP_TIMEOUT_S. The RFC's minutes for the other stages are not needed here: a failure before
-the final dot cannot have delivered anything, so a short timeout there costs a retry, never a
-second copy. After the final dot it would: a server that stores the message and answers late
-(or never) leaves the outcome uncertain.
-
-Every smtplib and socket error is wrapped at this edge (`smtp_replies.py` decides what a reply
-means, by stage and code):
-
-* Opening the session (connect, greeting, EHLO, STARTTLS, AUTH): whatever fails there fails for
-  every message alike, so it is never a verdict on this message. Connection errors and timeouts
-  become `SmtpUnavailable`, refusals (a 554 greeting, AUTH 535, STARTTLS missing) become
-  `SmtpSessionRefused`, both transient, so a misconfiguration parks events in the retry queues
-  instead of dead-lettering the whole queue. Refusals are logged as configuration problems.
-* The transaction: 4xx replies are transient; a 5xx to MAIL FROM or DATA (or naming
-  authentication) is `SmtpSenderRefused`, a server refusal like the above; a 5xx to RCPT TO or
-  to the final dot is `SmtpRejected`, permanent for this recipient.
-* No reply to the final dot (timeout, dropped connection): `UncertainDelivery`, never resent
-  here, on this connection or another.
+dot) rather than through `sendmail`, so every failure is known by its stage (`smtp_replies.py`
+says what it means). Only the reply to the final dot waits SMTP_FINAL_REPLY_TIMEOUT_S: before
+it nothing can have been delivered, and a short timeout costs a retry; without it the outcome
+is uncertain (`UncertainDelivery`), and the message is never resent here. Whatever fails while
+the session opens fails for every message alike, so it is transient, never a verdict on one.
 """
 
 from __future__ import annotations

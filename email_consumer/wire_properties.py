@@ -1,20 +1,15 @@
 """Message properties off and onto the wire, whatever a publisher put in the headers.
 
-pika decodes a message's properties inside its frame parser, before any callback of ours runs,
-and an exception there ends the whole connection (reported as `StreamLostError`). A header
-table RabbitMQ accepts can make it raise: a timestamp past year 9999 (`OverflowError`), a
-double that is NaN or infinite (pika turns floats into ints), a truncated table. The broker
-then redelivers the same message to the next connection, for ever or until the delivery limit,
-and takes the deliveries prefetched with it along. `install` makes the parser tolerant: when
-the headers table cannot be decoded, the other properties are still read, `headers` is None,
-and `undecodable(properties)` says why. The raw table is dropped: kept, it would poison every
-copy made of the message.
+pika decodes properties in its frame parser, before any callback of ours, and an exception there
+ends the connection; the broker then redelivers the message (and those prefetched with it) to
+the next one, until the delivery limit. A header table RabbitMQ accepts can make it raise (a
+timestamp past year 9999, a NaN or infinite double, a truncated table). `install` makes the
+parser tolerant: the other properties are still read, `headers` is None, `undecodable` says
+why, and the raw table is dropped so that no copy carries it on. The other way round, pika
+cannot encode every value it decodes (a double of 1e300): `encodable` keeps only what it can
+write, so a copy to a retry queue or the DLQ, or a replay, always goes out.
 
-The other way round, pika cannot encode every value it decodes (a double of 1e300 becomes an
-int too big for a 64-bit field): `encodable` keeps only the headers pika can write, so a copy
-sent to a retry queue, the DLQ or back by a replay always goes out.
-
-The worker and the DLQ tools call `install` before they open a connection.
+`email-consumer` calls `install` once at start-up, before it opens a connection.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The registration service's settings, read once from the environment in the composition root."""
+"""The registration service's settings, read once from the environment in the composition root.
+
+Every variable, its default and its meaning are in docs/CONTRACT.md.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +22,11 @@ DEFAULT_RETENTION_S = 7 * 24 * 3600
 # A broker in a memory alarm never confirms; the relay gives up on the batch after this long, and
 # the events stay pending for the next pass.
 DEFAULT_CONFIRM_TIMEOUT_S = 10.0
-# A claimed batch is held while the batch before it is confirmed and marked, then through its
-# own confirm wait and marks: two confirm waits at most (a wait that times out fails every batch
-# on the wire at once), closing the connection after a timeout (up to 5 s), and the marks' waits
-# for the database. The lease allows three confirm waits and a margin, so a live relay's claim
-# is not taken over unless its database stalls for long (then a second relay may publish the
-# batch again: a duplicate the worker absorbs, never a loss, as marks are guarded by the claim's
-# token); a crashed relay's rows are claimable again once it ends (45 s with the defaults).
+# A claimed batch is held through at most two confirm waits (its own and the batch's before
+# it), closing a timed-out connection and the marks' database writes. Three confirm waits and a
+# margin keep a live relay's claim from being taken over; a crashed relay's rows are claimable
+# again 45 s later with the defaults. A takeover after a long database stall publishes a batch
+# twice (the worker absorbs the duplicate), never loses one: marks need the claim's token.
 _LEASE_CONFIRM_WAITS = 3
 _LEASE_MARGIN_S = 15.0
 
@@ -56,20 +57,23 @@ class ProducerSettings:
 
     @classmethod
     def from_env(cls, env: Environment) -> ProducerSettings:
+        """Read and check every setting; a bad value raises `ConfigError` naming the variable."""
         return cls(
             database_url=env.database_url(
                 "PRODUCER_DATABASE_URL", sqlite_default_url("producer.sqlite3")
             ),
             broker=broker_settings(env),
             logging=logging_settings(env),
-            relay=RelaySettings(
-                batch_size=env.integer("RELAY_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1),
-                poll_interval_s=env.number(
-                    "RELAY_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S, minimum=0.01
-                ),
-                retention_s=env.integer("RELAY_RETENTION_S", DEFAULT_RETENTION_S, minimum=0),
-                confirm_timeout_s=env.number(
-                    "RELAY_CONFIRM_TIMEOUT_S", DEFAULT_CONFIRM_TIMEOUT_S, minimum=1.0
-                ),
-            ),
+            relay=_relay_settings(env),
         )
+
+
+def _relay_settings(env: Environment) -> RelaySettings:
+    return RelaySettings(
+        batch_size=env.integer("RELAY_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1),
+        poll_interval_s=env.number("RELAY_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S, minimum=0.01),
+        retention_s=env.integer("RELAY_RETENTION_S", DEFAULT_RETENTION_S, minimum=0),
+        confirm_timeout_s=env.number(
+            "RELAY_CONFIRM_TIMEOUT_S", DEFAULT_CONFIRM_TIMEOUT_S, minimum=1.0
+        ),
+    )

@@ -12,6 +12,7 @@ exception is shown the same way, after its traceback has gone to the log.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -79,7 +80,9 @@ def new_parser(
     return parser
 
 
+@functools.cache
 def environment_help(settings: Callable[[Environment], object]) -> str:
+    """The `--help` list of the variables `settings` reads; built once per loader and process."""
     env = Environment({})
     settings(env)
     width = max(len(name) for name in env.defaults)

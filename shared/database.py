@@ -90,8 +90,8 @@ def _sqlite_engine(url: str, **engine_options: Any) -> Engine:
         # Taking the write lock at BEGIN means a transaction that reads and then writes never
         # fails half-way with SQLITE_BUSY; it waits (busy_timeout) for its turn instead. Reads
         # take it too (SQLAlchemy begins every transaction the same way); each is short.
-        # Straight on the driver's connection: through `exec_driver_sql` this one statement
-        # cost as much CPU as the statement the transaction is for.
+        # Straight on the driver's connection: through SQLAlchemy, this statement cost as much
+        # as the one the transaction is for.
         driver_connection = connection.connection.driver_connection
         assert isinstance(driver_connection, sqlite3.Connection)
         try:
@@ -246,17 +246,22 @@ def reason_of(error: BaseException) -> str:
 def naming_the_variable(variable: str, url: str) -> Iterator[None]:
     """Turn a failure to open the database into an error naming `variable` and the reason.
 
-    A missing database, refused login or unusable SQLite path raises `ConfigError` (exit 2);
-    anything else `DatabaseUnreachable`. The URL itself is never quoted (it may hold a password);
-    an SQLite file's path is.
+    A malformed URL, a missing database, a refused login or an unusable SQLite path raises
+    `ConfigError` (exit 2); anything else `DatabaseUnreachable`. The URL itself is never quoted
+    (it may hold a password); an SQLite file's path is.
     """
+    try:
+        sa.engine.make_url(normalise_url(url))
+    except (sa.exc.ArgumentError, ValueError, ConfigError):
+        # A port that is not a number, say: the parser's message would quote the URL.
+        raise ConfigError(f"{variable} is not a valid database URL") from None
     try:
         yield
     except OSError as error:
         # The SQLite file's folder could not be created.
         raise ConfigError(
-            f"{variable} names an unusable path: {error.strerror or type(error).__name__}: "
-            f"{error.filename}"
+            f"{variable} names a path that cannot be used: "
+            f"{error.strerror or type(error).__name__}: {error.filename}"
         ) from None
     except sa.exc.SQLAlchemyError as error:
         reason = reason_of(error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from producer_service.settings import ProducerSettings
 from shared.settings import Environment
 from tests.contract.asyncapi_parser import REPO_ROOT
@@ -18,7 +18,7 @@ _VARIABLE = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`")
 def _names_the_code_reads() -> set[str]:
     env = Environment({})
     ProducerSettings.from_env(env)
-    consumer_settings(env)
+    ConsumerSettings.from_env(env)
     return env.names_read
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from tests.support.producer import (
     COMMAND,
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
     message_ids,
     outbox_rows,

@@ -28,7 +28,6 @@ from shared.database import apply_migrations, create_database_engine, db_now
 from shared.settings import Environment
 from shared.topology import ROUTING_KEY
 from tests.support.producer import (
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
     message_ids,
     outbox_rows,

@@ -6,7 +6,6 @@ import pytest
 
 from tests.support.producer import (
     closed_port_url,
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     outbox_rows,
     producer_env,
     run_producer,

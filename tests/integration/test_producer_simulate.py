@@ -10,7 +10,6 @@ import pytest
 
 from tests.support.producer import (
     closed_port_url,
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
     message_ids,
     outbox_rows,

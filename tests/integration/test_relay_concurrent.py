@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 
 from tests.support.producer import (
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
     json_lines,
     message_ids,

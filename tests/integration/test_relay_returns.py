@@ -13,7 +13,6 @@ from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
 from tests.support.producer import (
     COMMAND,
     closed_port_url,
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
     drain_queue,
     json_lines,
     message_ids,

@@ -36,9 +36,6 @@ from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
 from shared.database import apply_migrations, create_database_engine
 from shared.topology import ROUTING_KEY
 from tests.support.leases import pass_time_on_leases
-from tests.support.producer import (
-    database_url_fixture,  # noqa: F401 - provides the `database_url` fixture
-)
 
 pytestmark = [pytest.mark.postgres]
 NOW = datetime.now(UTC)

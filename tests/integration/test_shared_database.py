@@ -15,14 +15,6 @@ from shared.database import apply_migrations, create_database_engine, normalise_
 from shared.errors import ConfigError
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/nested/dir/db.sqlite3"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def _create(table: str) -> Callable[[Connection], None]:
     def step(connection: Connection) -> None:
         connection.execute(sa.text(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))

@@ -21,15 +21,6 @@ from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import dead_letters, new_event, publish_event, running_worker
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'processed.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 HOUR_S = 3600.0
 
 

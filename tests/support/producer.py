@@ -12,29 +12,15 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pika
-import pytest
 import sqlalchemy as sa
 
 from shared.database import create_database_engine
 from shared.topology import QUEUE
 
 COMMAND = "producer-service"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"], name="database_url")
-def database_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The producer's database: an SQLite file, or a fresh PostgreSQL database.
-
-    Test modules import this function to get the `database_url` fixture.
-    """
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/producer.sqlite3"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def producer_env(amqp_url: str, database_url: str, **extra: str) -> dict[str, str]:

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from producer_service.ports import Claim, OutboxMessage, PublishInFlight, PublishOutcome
+from producer_service.ports import (
+    Claim,
+    DuplicateUser,
+    NewUser,
+    OutboxMessage,
+    PublishInFlight,
+    PublishOutcome,
+)
 
 
 @dataclass
@@ -180,6 +187,20 @@ class FakePublisher:
 
     def close(self) -> None:
         self.is_open = False
+
+
+class FakeRegistrationStore:
+    def __init__(self, *, duplicate: bool = False) -> None:
+        self.duplicate = duplicate
+        self.stored: list[tuple[NewUser, OutboxMessage]] = []
+
+    def add_user_with_event(
+        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
+    ) -> int:
+        if self.duplicate:
+            raise DuplicateUser(f"username {user.username!r} is already registered")
+        self.stored.append((user, message))
+        return len(self.stored)
 
 
 def fake_message(number: int) -> OutboxMessage:

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from producer_service.settings import ProducerSettings
 from shared.settings import Environment
 from tests.support import compose as compose_support
@@ -50,7 +50,7 @@ PYPROJECT = REPO_ROOT / "pyproject.toml"
 # How each console script reads its settings; a service's environment must be read by these.
 SETTINGS_LOADERS: dict[str, Callable[[Environment], object]] = {
     "producer-service": ProducerSettings.from_env,
-    "email-consumer": consumer_settings,
+    "email-consumer": ConsumerSettings.from_env,
 }
 # The subcommand each long-running service must run (CONTRACT.md).
 EXPECTED_COMMANDS = {

@@ -1,12 +1,15 @@
-"""The command line's usage errors: exit 2 before anything connects."""
+"""The command line: usage errors exit 2 before anything connects; start-up installs what every
+connection needs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pika import spec
 
 from email_consumer.cli import _parser, main
+from email_consumer.wire_properties import TolerantBasicProperties
 
 
 @pytest.mark.parametrize(
@@ -70,3 +73,23 @@ def test_dlq_list_is_bounded_by_default(capsys: pytest.CaptureFixture[str]) -> N
         main(["dlq", "list", "--help"])
     assert "default 100" in capsys.readouterr().out
     assert _parser().parse_args(["dlq", "list"]).limit == 100
+
+
+def test_start_up_makes_every_connection_decode_header_tables_tolerantly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(spec.props, spec.BasicProperties.INDEX, spec.BasicProperties)
+    assert main(["dlq", "purge"]) == 2  # refused before it connects, after start-up
+    assert "--yes" in capsys.readouterr().err
+    assert spec.props[spec.BasicProperties.INDEX] is TolerantBasicProperties
+
+
+def test_a_malformed_database_url_exits_2_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONSUMER_DATABASE_URL", "postgresql://app:db-secret@db:notaport/app")
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "email-consumer: error: configuration error: "
+        "CONSUMER_DATABASE_URL is not a valid database URL"
+    ]

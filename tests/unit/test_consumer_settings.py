@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from email_consumer.settings import consumer_settings, parse_mail_from
+from email_consumer.settings import ConsumerSettings, parse_mail_from
 from shared.errors import ConfigError
 from shared.settings import Environment
 from shared.topology import DEFAULT_RETRY_DELAYS_S
 
 
 def test_defaults_serve_a_local_run() -> None:
-    settings = consumer_settings(Environment({}))
+    settings = ConsumerSettings.from_env(Environment({}))
     assert (settings.smtp.host, settings.smtp.port) == ("localhost", 1025)
     assert settings.smtp.starttls is False
     assert settings.smtp.timeout_s == 10
@@ -25,7 +25,7 @@ def test_defaults_serve_a_local_run() -> None:
 
 
 def test_worker_and_retry_variables_are_read() -> None:
-    settings = consumer_settings(
+    settings = ConsumerSettings.from_env(
         Environment(
             {
                 "WORKER_CONCURRENCY": "8",
@@ -62,11 +62,11 @@ def test_worker_and_retry_variables_are_read() -> None:
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        consumer_settings(Environment({name: value}))
+        ConsumerSettings.from_env(Environment({name: value}))
 
 
 def test_secrets_cover_passwords_of_smtp_broker_and_database() -> None:
-    settings = consumer_settings(
+    settings = ConsumerSettings.from_env(
         Environment(
             {
                 "SMTP_PASSWORD": "smtp-secret",
@@ -79,7 +79,9 @@ def test_secrets_cover_passwords_of_smtp_broker_and_database() -> None:
 
 
 def test_secrets_cover_percent_encoded_passwords_as_written_and_decoded() -> None:
-    settings = consumer_settings(Environment({"AMQP_URL": "amqp://u:p%40ss%2Fword@host/%2F"}))
+    settings = ConsumerSettings.from_env(
+        Environment({"AMQP_URL": "amqp://u:p%40ss%2Fword@host/%2F"})
+    )
     assert {"p%40ss%2Fword", "p@ss/word"} <= set(settings.secrets())
 
 
@@ -91,7 +93,9 @@ def test_mail_from_accepts_a_bare_address() -> None:
 
 def test_a_claim_lease_shorter_than_a_send_is_refused() -> None:
     with pytest.raises(ConfigError, match="WORKER_CLAIM_LEASE_S"):
-        consumer_settings(Environment({"SMTP_TIMEOUT_S": "30", "WORKER_CLAIM_LEASE_S": "60"}))
+        ConsumerSettings.from_env(
+            Environment({"SMTP_TIMEOUT_S": "30", "WORKER_CLAIM_LEASE_S": "60"})
+        )
 
 
 def test_the_claim_lease_must_cover_the_commands_and_the_wait_for_the_final_reply() -> None:
@@ -100,48 +104,52 @@ def test_the_claim_lease_must_cover_the_commands_and_the_wait_for_the_final_repl
     with pytest.raises(
         ConfigError, match=r"at least 11 x SMTP_TIMEOUT_S \+ SMTP_FINAL_REPLY_TIMEOUT_S \(170\)"
     ):
-        consumer_settings(Environment({**env, "WORKER_CLAIM_LEASE_S": "169"}))
-    settings = consumer_settings(Environment({**env, "WORKER_CLAIM_LEASE_S": "170"}))
+        ConsumerSettings.from_env(Environment({**env, "WORKER_CLAIM_LEASE_S": "169"}))
+    settings = ConsumerSettings.from_env(Environment({**env, "WORKER_CLAIM_LEASE_S": "170"}))
     assert settings.worker.claim_lease_s == 170
-    defaults = consumer_settings(Environment({}))
+    defaults = ConsumerSettings.from_env(Environment({}))
     assert defaults.smtp.final_reply_timeout_s == 600  # RFC 5321 §4.5.3.2.6
     assert defaults.worker.claim_lease_s == 900  # 11 x 10 + 600 fits
 
 
 def test_the_final_reply_timeout_is_no_shorter_than_the_command_timeout() -> None:
     with pytest.raises(ConfigError, match="SMTP_FINAL_REPLY_TIMEOUT_S"):
-        consumer_settings(Environment({"SMTP_TIMEOUT_S": "10", "SMTP_FINAL_REPLY_TIMEOUT_S": "5"}))
+        ConsumerSettings.from_env(
+            Environment({"SMTP_TIMEOUT_S": "10", "SMTP_FINAL_REPLY_TIMEOUT_S": "5"})
+        )
 
 
 def test_the_uncertain_resend_waits_for_the_longest_retry_delay_by_default() -> None:
-    assert consumer_settings(Environment({})).worker.uncertain_resend_after_s == 300
-    settings = consumer_settings(
+    assert ConsumerSettings.from_env(Environment({})).worker.uncertain_resend_after_s == 300
+    settings = ConsumerSettings.from_env(
         Environment({"RETRY_DELAYS_S": "1,20", "WORKER_UNCERTAIN_RESEND_AFTER_S": "7"})
     )
     assert settings.worker.uncertain_resend_after_s == 7
     assert (
-        consumer_settings(Environment({"RETRY_DELAYS_S": "1,20"})).worker.uncertain_resend_after_s
+        ConsumerSettings.from_env(
+            Environment({"RETRY_DELAYS_S": "1,20"})
+        ).worker.uncertain_resend_after_s
         == 20
     )
 
 
 def test_breaker_settings_are_read_and_checked() -> None:
-    settings = consumer_settings(
+    settings = ConsumerSettings.from_env(
         Environment({"WORKER_BREAKER_THRESHOLD": "3", "WORKER_BREAKER_PROBE_S": "2.5"})
     )
     assert (settings.worker.breaker_threshold, settings.worker.breaker_probe_s) == (3, 2.5)
-    defaults = consumer_settings(Environment({})).worker
+    defaults = ConsumerSettings.from_env(Environment({})).worker
     assert (defaults.breaker_threshold, defaults.breaker_probe_s) == (5, 30)
     with pytest.raises(ConfigError, match="WORKER_BREAKER_THRESHOLD"):
-        consumer_settings(Environment({"WORKER_BREAKER_THRESHOLD": "0"}))
+        ConsumerSettings.from_env(Environment({"WORKER_BREAKER_THRESHOLD": "0"}))
     with pytest.raises(ConfigError, match="WORKER_BREAKER_PROBE_S"):
-        consumer_settings(Environment({"WORKER_BREAKER_PROBE_S": "0"}))
+        ConsumerSettings.from_env(Environment({"WORKER_BREAKER_PROBE_S": "0"}))
 
 
 @pytest.mark.parametrize("host", ["smtp.example.com", "10.0.0.5", "2001:db8::1"])
 def test_a_login_without_starttls_to_a_remote_server_is_refused(host: str) -> None:
     with pytest.raises(ConfigError, match="SMTP_STARTTLS") as refused:
-        consumer_settings(
+        ConsumerSettings.from_env(
             Environment({"SMTP_HOST": host, "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "pw-1"})
         )
     assert "pw-1" not in str(refused.value)
@@ -149,14 +157,14 @@ def test_a_login_without_starttls_to_a_remote_server_is_refused(host: str) -> No
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.0.0.2", "::1", "[::1]"])
 def test_a_login_without_starttls_is_allowed_on_the_loopback(host: str) -> None:
-    settings = consumer_settings(
+    settings = ConsumerSettings.from_env(
         Environment({"SMTP_HOST": host, "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "pw"})
     )
     assert settings.smtp.username == "mailer"
 
 
 def test_a_login_with_starttls_to_a_remote_server_is_allowed() -> None:
-    settings = consumer_settings(
+    settings = ConsumerSettings.from_env(
         Environment(
             {
                 "SMTP_HOST": "smtp.example.com",
@@ -169,5 +177,5 @@ def test_a_login_with_starttls_to_a_remote_server_is_allowed() -> None:
 
 
 def test_the_metrics_address_is_configurable() -> None:
-    settings = consumer_settings(Environment({"METRICS_ADDRESS": "127.0.0.1"}))
+    settings = ConsumerSettings.from_env(Environment({"METRICS_ADDRESS": "127.0.0.1"}))
     assert settings.metrics_address == "127.0.0.1"

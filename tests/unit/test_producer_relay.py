@@ -1,4 +1,4 @@
-"""The relay's and the registration's core logic, with in-memory fakes for storage and broker."""
+"""The relay's core logic, with in-memory fakes for storage and broker."""
 
 from __future__ import annotations
 
@@ -11,20 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from producer_service.ports import (
-    Claim,
     DatabaseUnavailable,
-    DuplicateUser,
-    NewUser,
     OutboxMessage,
     PublishInFlight,
     PublishOutcome,
 )
-from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay, doubled, idle_pause_s
 from producer_service.settings import RelaySettings
-from producer_service.validation import ValidationError
 from shared.errors import TransientError
-from shared.events import parse_user_registered
 from tests.support.producer_fakes import FakeBatch, FakeInFlight, FakeOutbox, FakePublisher
 
 SETTINGS = RelaySettings(batch_size=3, poll_interval_s=0.01, retention_s=3600, confirm_timeout_s=5)
@@ -228,58 +222,6 @@ def test_run_forever_publishes_between_two_sweep_batches() -> None:
     assert len(sweeps) == 4
     for earlier, later in itertools.pairwise(sweeps):
         assert "claim" in outbox.journal[earlier + 1 : later], outbox.journal
-
-
-class FakeRegistrationStore:
-    def __init__(self, *, duplicate: bool = False) -> None:
-        self.duplicate = duplicate
-        self.stored: list[tuple[NewUser, OutboxMessage]] = []
-        self.claims: list[Claim | None] = []
-
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
-        if self.duplicate:
-            raise DuplicateUser(f"username {user.username!r} is already registered")
-        self.stored.append((user, message))
-        self.claims.append(claim)
-        return len(self.stored)
-
-
-def test_registration_stores_the_user_with_a_contract_event() -> None:
-    store = FakeRegistrationStore()
-    register = RegisterUser(store, routing_key="user.registered")
-
-    registration = register("alice", "alice@EXAMPLE.com", "Alice", correlation_id="c-1")
-
-    [(user, message)] = store.stored
-    event = parse_user_registered(message.body)
-    assert event.event_id == registration.event_id == message.event_id
-    assert event.data.user_id == user.user_id == registration.user_id
-    assert (event.data.username, event.data.email, event.data.full_name) == (
-        "alice",
-        "alice@example.com",
-        "Alice",
-    )
-    assert message.routing_key == "user.registered"
-    assert message.correlation_id == "c-1"
-    assert message.headers == {"schema_version": 1}
-
-
-def test_registration_stores_nothing_for_invalid_input() -> None:
-    store = FakeRegistrationStore()
-
-    with pytest.raises(ValidationError):
-        RegisterUser(store, routing_key="user.registered")("a", "alice@example.com")
-
-    assert store.stored == []
-
-
-def test_registration_passes_a_conflict_on() -> None:
-    register = RegisterUser(FakeRegistrationStore(duplicate=True), routing_key="user.registered")
-
-    with pytest.raises(DuplicateUser, match="already registered"):
-        register("alice", "alice@example.com")
 
 
 def test_run_forever_waits_out_a_database_outage() -> None:

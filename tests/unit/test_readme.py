@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from producer_service.settings import ProducerSettings
 from shared.events import parse_user_registered, serialise
 from shared.settings import Environment
@@ -20,7 +20,7 @@ _VARIABLE = re.compile(r"`([A-Z][A-Z0-9_]+)`")
 
 def variables_the_code_reads() -> set[str]:
     names: set[str] = set()
-    for load in (ProducerSettings.from_env, consumer_settings):
+    for load in (ProducerSettings.from_env, ConsumerSettings.from_env):
         env = Environment({})
         load(env)
         names |= env.names_read

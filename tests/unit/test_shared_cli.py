@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from email_consumer import cli as consumer_cli
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from producer_service import cli as producer_cli
 from producer_service.settings import ProducerSettings
-from shared.cli import fail, package_version, run
+from shared.cli import fail, new_parser, package_version, run
 from shared.errors import ConfigError
 from shared.settings import Environment
 
@@ -104,7 +104,10 @@ def test_every_sub_command_has_a_description(main: Main, prog: str) -> None:
 
 @pytest.mark.parametrize(
     ("main", "loader"),
-    [(producer_cli.main, ProducerSettings.from_env), (consumer_cli.main, consumer_settings)],
+    [
+        (producer_cli.main, ProducerSettings.from_env),
+        (consumer_cli.main, ConsumerSettings.from_env),
+    ],
 )
 def test_help_lists_every_variable_the_settings_read(
     main: Main, loader: Callable[[Environment], object], capsys: pytest.CaptureFixture[str]
@@ -117,6 +120,19 @@ def test_help_lists_every_variable_the_settings_read(
     for name in env.names_read:
         assert f"\n  {name} " in out, name
     assert {"AMQP_URL", "LOG_LEVEL"} <= env.names_read
+
+
+def test_the_environment_list_is_built_once_per_loader() -> None:
+    reads: list[str] = []
+
+    def loader(env: Environment) -> None:
+        reads.append(env.text("ONCE_ONLY", "x"))
+
+    first, second = (new_parser("prog", "d", settings=loader) for _ in range(2))
+
+    assert reads == ["x"]
+    assert first.epilog == second.epilog
+    assert "ONCE_ONLY" in str(first.epilog)
 
 
 def test_errors_are_escaped_bounded_and_masked(capsys: pytest.CaptureFixture[str]) -> None:
