@@ -2,11 +2,13 @@
 
 No broker, SMTP or database code: the handler talks to an `EmailSender` and a `ProcessedEvents`
 store through their ports and leaves acknowledging to the caller. The claim is one atomic write
-with a lease, so two deliveries of one event at the same moment cannot both send, and a worker
-that died mid-send frees the event when the lease runs out. Marking the event sent is retried on
-its own, after the send, so a store blip then cannot lead to a second email. An uncertain send
-(no reply to the final dot) is recorded "maybe sent" and resent at most once, with the same
-bytes and Message-ID (`ClaimAnswer.RESEND`); after that it is never sent again.
+with a lease: of two deliveries of one event at the same moment one sends, the other sees
+HELD_ELSEWHERE and looks again later; a worker that died mid-send frees the event when the lease
+runs out. Claim and send are retried together; marking the event sent is retried on its own,
+after the send, so a store blip then cannot lead to a second email. An uncertain send (no reply
+to the final dot) is recorded "maybe sent" and resent once, no sooner than
+`uncertain_resend_after_s`, with the same bytes and Message-ID (`ClaimAnswer.RESEND`); if that
+is uncertain too, never again (`ClaimAnswer.MAYBE_SENT`).
 """
 
 from __future__ import annotations

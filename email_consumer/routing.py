@@ -50,9 +50,6 @@ class Delivery:
         return "".join(c if c.isprintable() else "?" for c in value[:64])
 
 
-# -- what happened to a delivery --------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class Done:
     """The email was sent now or before (a duplicate)."""
@@ -89,9 +86,6 @@ class Crashed:
 
 
 DeliveryOutcome = Done | Unreadable | Paused | Failed | Crashed
-
-
-# -- what to do with it ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
