@@ -7,22 +7,12 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from email_consumer import wire_properties
+from email_consumer import routing, wire_properties
 from email_consumer.breaker import BreakerState, DeadLetterBreaker, Transition
 from email_consumer.errors import ServerRefused, SmtpRejected, UncertainDelivery
 from email_consumer.handler import HandlingResult, Outcome
 from email_consumer.metrics import WorkerMetrics
-from email_consumer.routing import (
-    Action,
-    Crashed,
-    Delivery,
-    DeliveryOutcome,
-    Done,
-    Failed,
-    Paused,
-    Router,
-    Unreadable,
-)
+from email_consumer.routing import Action, Delivery, DeliveryOutcome, Router
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 from shared.logging import event_context, get_logger
 
@@ -53,39 +43,38 @@ class DeliveryProcessor:
     def process(self, delivery: Delivery) -> Action:
         with event_context(delivery.log_id, delivery.properties.correlation_id):
             try:
-                outcome = self._outcome(delivery)
+                return self.router.route(delivery, self._outcome(delivery), now=datetime.now(UTC))
             except Exception as error:  # noqa: BLE001 - a bug must not leave the delivery unsettled
                 _log.exception("unexpected error while handling an event")
-                outcome = Crashed(error)
-            return self.router.route(delivery, outcome, now=datetime.now(UTC))
+                return self.router.route(delivery, routing.Crashed(error), now=datetime.now(UTC))
 
     def _outcome(self, delivery: Delivery) -> DeliveryOutcome:
         problem = wire_properties.undecodable(delivery.properties)
         if problem is not None:
             # No client of the queue could read the header table either.
             _log.error("undecodable headers", error=problem)
-            return Unreadable(wire_properties.UndecodableHeaders(problem))
+            return routing.Unreadable(wire_properties.UndecodableHeaders(problem))
         try:
             event = parse_user_registered(delivery.body)
         except InvalidEvent as error:
             _log.error("malformed event", error=str(error))
-            return Unreadable(error)
+            return routing.Unreadable(error)
         with event_context(event.event_id, delivery.properties.correlation_id):
             return self._handled(event)
 
     def _handled(self, event: UserRegistered) -> DeliveryOutcome:
         if not self._breaker.allow_attempt():
-            return Paused()
+            return routing.Paused()
         result = self._handle(event)
         self._metrics.count("retried", result.attempts - 1)
         if result.outcome is Outcome.SENT:
             self._metrics.count("sent")
             self._metrics.observe_delivered(event.occurred_at)
             self._breaker_moved(self._breaker.record_delivered())
-            return Done()
+            return routing.Done()
         if result.outcome is Outcome.DUPLICATE:
             self._metrics.count("duplicate")
-            return Done()
+            return routing.Done()
         error = result.error
         assert error is not None
         if isinstance(error, UncertainDelivery):
@@ -96,7 +85,7 @@ class DeliveryProcessor:
             self._breaker_moved(
                 self._breaker.record_recipient_refusal(event.data.email, str(error))
             )
-        return Failed(
+        return routing.Failed(
             error,
             result.attempts,
             permanent=result.permanent,

@@ -89,11 +89,6 @@ DeliveryOutcome = Done | Unreadable | Paused | Failed | Crashed
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
-    """Acknowledge the delivery."""
-
-
-@dataclass(frozen=True, slots=True)
 class Forward:
     """Publish a copy with `headers`, then acknowledge the original once it is confirmed."""
 
@@ -104,11 +99,16 @@ class Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class Ack:
+    """Acknowledge the delivery."""
+
+
+@dataclass(frozen=True, slots=True)
 class HandBack:
     """Return the delivery to the queue untouched (shutting down mid-retry)."""
 
 
-Action = Ack | Forward | HandBack
+Action = Forward | Ack | HandBack
 
 
 @dataclass(frozen=True, slots=True)
