@@ -113,6 +113,8 @@ Action = Forward | Ack | HandBack
 
 @dataclass(frozen=True, slots=True)
 class Router:
+    """The retry policy applied to each kind of outcome."""
+
     policy: RetryPolicy
     host: str  # written into the copies (`worker-host`)
     breaker_probe_s: float  # how long an event waits while the mail server refuses everyone
@@ -129,9 +131,9 @@ class Router:
         if isinstance(outcome, Crashed):
             retry = self._retry(delivery, outcome.error, permanent=False)
             return self._move(delivery, outcome.error, 1, retry, now)
-        return self._after(delivery, outcome, now)
+        return self._after_failure(delivery, outcome, now)
 
-    def _after(self, delivery: Delivery, failed: Failed, now: datetime) -> Action:
+    def _after_failure(self, delivery: Delivery, failed: Failed, now: datetime) -> Action:
         error = failed.error
         decision: Decision
         if isinstance(error, UncertainDelivery):
