@@ -1,14 +1,24 @@
 """What the worker does after a failure, as data with documented defaults.
 
-1. In process (tenacity): a transient error is retried at once, with backoff and jitter, at most
-   `attempts` times and `max_total_s` seconds (far below RabbitMQ's 30-minute consumer timeout).
-2. Through the broker: the event is parked in the TTL queue `...retry.<N>s` for the next delay of
-   `broker_delays_s`; the broker puts it back on the main queue when the delay expires.
+Three stages, in order:
+
+1. In process (tenacity): a transient error is retried at once on the same delivery, with
+   exponential backoff plus jitter, at most `attempts` times and for at most `max_total_s`
+   seconds. This rides out a blip (a 4xx, a dropped SMTP connection) without touching the broker.
+   The budget is kept far below RabbitMQ's consumer timeout (30 minutes by default), which would
+   close the channel of a delivery held unacknowledged for too long.
+2. Through the broker: when the in-process budget is spent, the event is parked in the TTL queue
+   `email_consumer.user_registered.retry.<N>s` for the next delay of `broker_delays_s`, and the
+   broker puts it back on the main queue when the delay expires. Longer outages need no worker
+   thread and no unacknowledged delivery.
 3. The dead-letter queue: when every delay is used, or at once for a permanent error.
 
-`park` waits without using up a retry (an event busy elsewhere; the breaker open). An email that
-may have been sent (`after_uncertain`) is parked once for its one resend, then dead-lettered as
-`uncertain`, never sent again.
+Two cases wait without using up a retry (`park`): an event held by another delivery, and every
+event while the mail server refuses everyone (the breaker, breaker.py). And one case has its own
+rule (`after_uncertain`): when the email may have been sent (no reply to the final dot), it is
+never retried in process; it is parked once, for at least WORKER_UNCERTAIN_RESEND_AFTER_S, for
+its one resend; after an uncertain resend it goes to the DLQ (reason `uncertain`), and is never
+sent again, not even by a replay (the processed-events record says "maybe sent twice").
 """
 
 from __future__ import annotations
