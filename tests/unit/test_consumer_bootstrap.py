@@ -20,7 +20,8 @@ def _delivery(body: bytes) -> Delivery:
 
 
 def test_the_worker_built_with_fakes_sends_once_and_acks_a_redelivery() -> None:
-    settings = consumer_settings(Environment({"MAIL_FROM": "Welcome <welcome@example.com>"}))
+    env = Environment({"MAIL_FROM": "Welcome <welcome@example.com>"})
+    settings = consumer_settings(env)
     store, sender = FakeProcessedEvents(), FakeSender()
     app = bootstrap.build_worker(settings, threading.Event(), processed=store, sender=sender)
     assert (app.processed, app.sender) == (store, sender)
