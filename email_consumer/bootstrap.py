@@ -1,15 +1,25 @@
-"""The composition root: the only place where the worker's real adapters are built and wired."""
+"""The composition root: the only place where the worker's adapters are built and wired.
+
+`build_worker` builds the real store and sender unless it is given others (unit tests pass
+fakes, tests/unit/test_consumer_bootstrap.py).
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
+from email_consumer.breaker import DeadLetterBreaker
 from email_consumer.dead_letters import DeadLetterQueue
 from email_consumer.handler import WelcomeEmailHandler
 from email_consumer.metrics import WorkerMetrics
+from email_consumer.ports import EmailSender, ProcessedEvents
 from email_consumer.processed_events import SqlProcessedEvents
+from email_consumer.processing import DeliveryProcessor
 from email_consumer.rendering import WelcomeRenderer
+from email_consumer.routing import Router
 from email_consumer.settings import ConsumerSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from email_consumer.worker import Worker
@@ -23,6 +33,18 @@ HOUSEKEEPING_INTERVAL_S = 3600.0
 _log = get_logger(__name__)
 
 
+class EventStore(ProcessedEvents, Protocol):
+    """The processed-events store as the worker's process holds it: also housekeeping, closing."""
+
+    def forget_older_than(self, age_s: float) -> int: ...
+
+    def dispose(self) -> None: ...
+
+
+class PooledSender(EmailSender, Protocol):
+    def close_all(self) -> None: ...
+
+
 def set_up_logging(settings: ConsumerSettings) -> None:
     configure_logging(settings.logging, service=SERVICE, secrets=settings.secrets())
 
@@ -30,9 +52,10 @@ def set_up_logging(settings: ConsumerSettings) -> None:
 @dataclass
 class WorkerApp:
     worker: Worker
+    processor: DeliveryProcessor
     metrics: WorkerMetrics
-    processed: SqlProcessedEvents
-    sender: SmtpEmailSender
+    processed: EventStore
+    sender: PooledSender
 
 
 def check_broker_settings(settings: ConsumerSettings) -> None:
@@ -44,11 +67,20 @@ def check_broker_settings(settings: ConsumerSettings) -> None:
     connection_parameters(settings.broker)
 
 
-def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> WorkerApp:
-    """Everything `email-consumer run` needs, wired together."""
+def build_worker(
+    settings: ConsumerSettings,
+    stopping: threading.Event,
+    *,
+    processed: EventStore | None = None,
+    sender: PooledSender | None = None,
+) -> WorkerApp:
+    """Everything `email-consumer run` needs, wired together; the real store and sender unless
+    `processed` and `sender` are given."""
     check_broker_settings(settings)
-    processed = SqlProcessedEvents.open(settings.database_url)
-    sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)
+    if processed is None:
+        processed = SqlProcessedEvents.open(settings.database_url)
+    if sender is None:
+        sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)
     metrics = WorkerMetrics()
     handler = WelcomeEmailHandler(
         renderer=WelcomeRenderer(settings.mail_from),
@@ -59,20 +91,34 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
         uncertain_resend_after_s=settings.worker.uncertain_resend_after_s,
         stopping=stopping,
     )
+    processor = DeliveryProcessor(
+        handle=handler.handle,
+        router=Router(
+            policy=settings.retry,
+            host=socket.gethostname(),
+            breaker_probe_s=settings.worker.breaker_probe_s,
+            uncertain_resend_after_s=settings.worker.uncertain_resend_after_s,
+        ),
+        breaker=DeadLetterBreaker(
+            threshold=settings.worker.breaker_threshold,
+            probe_interval_s=settings.worker.breaker_probe_s,
+        ),
+        metrics=metrics,
+        stopping=stopping,
+    )
     worker = Worker(
         broker=settings.broker,
         settings=settings.worker,
-        policy=settings.retry,
-        handler=handler,
+        processor=processor,
         metrics=metrics,
         stopping=stopping,
         housekeeping=lambda: forget_old_events(processed, settings.worker.processed_retention_s),
         housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
     )
-    return WorkerApp(worker=worker, metrics=metrics, processed=processed, sender=sender)
+    return WorkerApp(worker, processor, metrics, processed, sender)
 
 
-def forget_old_events(processed: SqlProcessedEvents, retention_s: float) -> None:
+def forget_old_events(processed: EventStore, retention_s: float) -> None:
     deleted = processed.forget_older_than(retention_s)
     _log.info("old processed-event records deleted", count=deleted, retention_s=retention_s)
 

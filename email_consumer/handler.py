@@ -1,23 +1,14 @@
 """The pure core of the worker: one event in, at most one welcome email out.
 
-No broker, SMTP or database code here: the handler talks to an `EmailSender` and a
-`ProcessedEvents` store through their ports, and leaves acknowledging to the caller.
-
-Why a claim with a lease rather than a plain "processed" check: the same event can arrive twice
-at the same moment (published twice, or redelivered while the first delivery still runs). Both
-would pass a check-then-send. The claim is one atomic write; the loser sees HELD_ELSEWHERE and
-looks again later, when the winner has marked the event sent. The lease frees an event whose
-worker died mid-send, so it is never stuck.
-
-Claim and send are retried together; marking the event sent is retried on its own, after the
-send, so a store blip at that moment can never lead to a second claim and a second email.
-
-When the send's outcome is uncertain (the message and its final dot went out, the reply never
-came: the server may hold it), the claim is neither released nor retried: the event is recorded
-"maybe sent" and may be claimed again, once (Claim.RESEND, same rendered bytes and Message-ID, so
-a receiving system that deduplicates sees one message), no sooner than `uncertain_resend_after_s`.
-If the resend is uncertain too, the event is "maybe sent twice" and never sent again
-(Claim.MAYBE_SENT, acknowledged as a duplicate): at most two copies, whatever redelivers it.
+No broker, SMTP or database code: the handler talks to an `EmailSender` and a `ProcessedEvents`
+store through their ports and leaves acknowledging to the caller. The claim is one atomic write
+with a lease: of two deliveries of one event at the same moment one sends, the other sees
+HELD_ELSEWHERE and looks again later; a worker that died mid-send frees the event when the lease
+runs out. Claim and send are retried together; marking the event sent is retried on its own,
+after the send, so a store blip then cannot lead to a second email. An uncertain send (no reply
+to the final dot) is recorded "maybe sent" and resent once, no sooner than
+`uncertain_resend_after_s`, with the same bytes and Message-ID (`ClaimAnswer.RESEND`); if that
+is uncertain too, never again (`ClaimAnswer.MAYBE_SENT`).
 """
 
 from __future__ import annotations
@@ -28,12 +19,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import tenacity
-
 from email_consumer.errors import EventBusy, UncertainDelivery
-from email_consumer.ports import Claim, EmailSender, ProcessedEvents, RenderedEmail
+from email_consumer.ports import ClaimAnswer, EmailSender, ProcessedEvents, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
+from shared.backoff import log_retry
 from shared.errors import PermanentError, ServiceError
 from shared.events import UserRegistered
 from shared.logging import get_logger
@@ -79,12 +69,10 @@ class WelcomeEmailHandler:
         self._new_token = new_token
         self._claim_lease_s = claim_lease_s
         self._uncertain_resend_after_s = uncertain_resend_after_s
-        # Built once: tenacity keeps each run's state per thread, so one controller serves every
-        # pool thread, and building it cost more CPU than a first attempt that succeeds.
-        self._retrying_send = policy.in_process(before_sleep=_log_retry, stopping=stopping)
-        self._retrying_record = policy.in_process(
-            before_sleep=_log_retry, max_total_s=claim_lease_s / 2
-        )
+        # One controller serves every pool thread: tenacity keeps each run's state per thread.
+        log = log_retry(_log, "transient failure, retrying in process")
+        self._retrying_send = policy.in_process(before_sleep=log, stopping=stopping)
+        self._retrying_record = policy.in_process(before_sleep=log, max_total_s=claim_lease_s / 2)
 
     def handle(self, event: UserRegistered) -> HandlingResult:
         """Send the email unless already sent; failures are returned, never raised."""
@@ -111,18 +99,18 @@ class WelcomeEmailHandler:
         token = self._new_token()
         with self._sender.reserved():
             claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
-            if claim is Claim.ALREADY_SENT:
+            if claim is ClaimAnswer.ALREADY_SENT:
                 _log.info("email already sent for this event; not sending again")
                 return None
-            if claim is Claim.MAYBE_SENT:
+            if claim is ClaimAnswer.MAYBE_SENT:
                 _log.warning(
                     "email may have been sent twice already (two uncertain outcomes); "
                     "not sending it again"
                 )
                 return None
-            if claim is Claim.HELD_ELSEWHERE:
+            if claim is ClaimAnswer.HELD_ELSEWHERE:
                 raise EventBusy("another delivery of this event is being processed")
-            resend = claim is Claim.RESEND
+            resend = claim is ClaimAnswer.RESEND
             if resend:
                 _log.warning("resending once: an earlier send's outcome was uncertain")
             try:
@@ -200,14 +188,3 @@ class WelcomeEmailHandler:
         except ServiceError as error:
             # The claim then simply runs out after its lease; the send error matters more.
             _log.warning("could not release claim", error_type=type(error).__name__)
-
-
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    _log.warning(
-        "transient failure, retrying in process",
-        attempt=state.attempt_number,
-        wait_s=round(state.upcoming_sleep, 3),
-        error_type=type(error).__name__,
-        error=str(error),
-    )

@@ -13,11 +13,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class RenderedEmail:
-    """A message ready for the wire: its SMTP envelope and its serialised bytes.
-
-    The message is serialised once, when rendered, and sent as these very bytes, so the sender
-    never builds or re-flattens a message (that cost as much CPU as building it).
-    """
+    """A message ready for the wire: its SMTP envelope and the bytes sent as they are (a resend
+    after an uncertain outcome sends the same bytes and Message-ID)."""
 
     envelope_from: str  # MAIL FROM: the bare address of MAIL_FROM
     envelope_to: str  # RCPT TO: the user's address, the one in the To header
@@ -43,7 +40,7 @@ class EmailSender(Protocol):
         """
 
 
-class Claim(enum.Enum):
+class ClaimAnswer(enum.Enum):
     """The answer of the processed-events store to "may I send the email for this event?"."""
 
     CLAIMED = "claimed"  # yes: you hold the event until you mark it sent or release it
@@ -59,7 +56,7 @@ class Claim(enum.Enum):
 class ProcessedEvents(Protocol):
     """The record of events whose email was sent, shared by every worker."""
 
-    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+    def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
         """Claim `event_id` under `token` for `lease_s` seconds, unless sent or held."""
 
     def mark_sent(self, event_id: str, token: str) -> None:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from email_consumer.errors import StoreUnavailable
-from email_consumer.ports import Claim
+from email_consumer.ports import ClaimAnswer
 from shared.database import (
     apply_migrations,
     checkpoint_quietly,
@@ -256,35 +256,35 @@ class SqlProcessedEvents:
             ) from None
         return cls(engine, clock)
 
-    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+    def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
         try:
             return self._claim(event_id, token, lease_s)
         except sa.exc.SQLAlchemyError as error:
             raise StoreUnavailable(f"processed-events store: {type(error).__name__}") from None
 
-    def _claim(self, event_id: str, token: str, lease_s: float, *, rounds: int = 3) -> Claim:
+    def _claim(self, event_id: str, token: str, lease_s: float, *, rounds: int = 3) -> ClaimAnswer:
         params = {"p_event_id": event_id, "p_token": token, "p_lease_s": lease_s}
         try:
             with self._transaction() as connection:
                 connection.execute(_INSERT_CLAIM, params)
-            return Claim.CLAIMED
+            return ClaimAnswer.CLAIMED
         except sa.exc.IntegrityError:
             pass  # the event is known: sent, or claimed by someone else
         with self._transaction() as connection:
             taken_over = connection.execute(_TAKE_OVER_EXPIRED_CLAIM, params).rowcount
             if taken_over == 1:
-                return Claim.CLAIMED
+                return ClaimAnswer.CLAIMED
             status = connection.execute(
                 _SELECT_STATUS, {"p_event_id": event_id}
             ).scalar_one_or_none()
         if status == _SENT:
-            return Claim.ALREADY_SENT
+            return ClaimAnswer.ALREADY_SENT
         if status in _MAYBE_SENT_STATES:
             return self._claim_resend(event_id, token, lease_s)
         if status is None and rounds > 1:
             # Released between our INSERT and SELECT: free again, so try once more.
             return self._claim(event_id, token, lease_s, rounds=rounds - 1)
-        return Claim.HELD_ELSEWHERE
+        return ClaimAnswer.HELD_ELSEWHERE
 
     def mark_sent(self, event_id: str, token: str) -> None:
         try:
@@ -306,20 +306,20 @@ class SqlProcessedEvents:
     # twice: never again). A RESENDING claim whose lease ran out counts as UNCERTAIN_FINAL: its
     # worker died mid-resend, which may have delivered the second copy.
 
-    def _claim_resend(self, event_id: str, token: str, lease_s: float) -> Claim:
+    def _claim_resend(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
         params = {"p_event_id": event_id, "p_token": token, "p_lease_s": lease_s}
         with self._transaction() as connection:
             if connection.execute(_START_RESEND, params).rowcount == 1:
-                return Claim.RESEND
+                return ClaimAnswer.RESEND
             row = connection.execute(_SELECT_STATE, {"p_event_id": event_id}).one_or_none()
         if row is None:
             return self._claim(event_id, token, lease_s, rounds=1)
         status, lease_ended = row
         if status == _SENT:
-            return Claim.ALREADY_SENT
+            return ClaimAnswer.ALREADY_SENT
         if status == _UNCERTAIN_FINAL or (status == _RESENDING and bool(lease_ended)):
-            return Claim.MAYBE_SENT
-        return Claim.HELD_ELSEWHERE
+            return ClaimAnswer.MAYBE_SENT
+        return ClaimAnswer.HELD_ELSEWHERE
 
     def mark_uncertain(self, event_id: str, token: str, resend_after_s: float) -> bool:
         params = {

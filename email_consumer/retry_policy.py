@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import tenacity
 
+from shared.backoff import tenacity_wait
 from shared.errors import TransientError
 from shared.topology import DEFAULT_RETRY_DELAYS_S
 
@@ -91,12 +92,10 @@ class RetryPolicy:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
             stop=stop,
-            # Exponential from `initial_backoff_s`, capped, plus up to one initial backoff of
-            # random jitter so workers hit by the same outage do not retry in lockstep.
-            wait=tenacity.wait_exponential(
-                multiplier=self.initial_backoff_s, max=self.max_backoff_s
-            )
-            + tenacity.wait_random(0, self.initial_backoff_s),
+            # Up to one initial backoff of jitter: workers hit by one outage spread out.
+            wait=tenacity_wait(
+                self.initial_backoff_s, self.max_backoff_s, jitter_s=self.initial_backoff_s
+            ),
             sleep=sleep,
             before_sleep=before_sleep,
             reraise=True,

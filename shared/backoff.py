@@ -58,14 +58,20 @@ def tenacity_wait(first_s: float, cap_s: float, jitter_s: float = 0.0) -> tenaci
     return wait
 
 
+def log_method_for(log: Any, error: BaseException | None) -> Callable[..., Any]:
+    """`log.warning` for a failure worth retrying; `log.error` for a refused login or vhost, which
+    will not cure itself, though still retried (an operator may be fixing the broker's users)."""
+    method: Callable[..., Any] = log.error if isinstance(error, BrokerRefused) else log.warning
+    return method
+
+
 def log_retry(log: Any, event: str) -> Callable[[tenacity.RetryCallState], None]:
     """A tenacity `before_sleep` callback writing `event` to `log` with the attempt, the wait and
-    the error. A refused login or vhost will not cure itself: it is logged as an error, though
-    still retried (an operator may be fixing the broker's users meanwhile)."""
+    the error, at the level `log_method_for` picks."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        write = log.error if isinstance(error, BrokerRefused) else log.warning
+        write = log_method_for(log, error)
         write(
             event,
             attempt=state.attempt_number,

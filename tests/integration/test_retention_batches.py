@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from email_consumer.ports import Claim
+from email_consumer.ports import ClaimAnswer
 from email_consumer.processed_events import (
     COMPONENT as CONSUMER_COMPONENT,
 )
@@ -209,15 +209,15 @@ def test_forgetting_processed_events_runs_in_batches(database_url: str) -> None:
 
         # 23 sent records in five batches, 7 expired claims in two.
         assert len(commits) == 7
-        assert store.claim("sent-00", "u", 60) is Claim.CLAIMED
-        assert store.claim("live", "u", 60) is Claim.HELD_ELSEWHERE
+        assert store.claim("sent-00", "u", 60) is ClaimAnswer.CLAIMED
+        assert store.claim("live", "u", 60) is ClaimAnswer.HELD_ELSEWHERE
     finally:
         store.dispose()
 
 
 def test_a_claim_commits_while_forgetting_is_in_progress(database_url: str) -> None:
     now = [1_000_000.0]
-    paused: list[Claim] = []
+    paused: list[ClaimAnswer] = []
     store: SqlProcessedEvents
 
     def claim_meanwhile(_seconds: float) -> None:
@@ -232,7 +232,7 @@ def test_a_claim_commits_while_forgetting_is_in_progress(database_url: str) -> N
         now[0] += 10_000
 
         assert store.forget_older_than(1000, batch_size=5) == 12
-        assert paused == [Claim.CLAIMED] * 3, "a claim between each two batches"
+        assert paused == [ClaimAnswer.CLAIMED] * 3, "a claim between each two batches"
         assert store.is_sent("old-11") is False
     finally:
         store.dispose()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from email_consumer.ports import Claim
+from email_consumer.ports import ClaimAnswer
 from email_consumer.processed_events import SqlProcessedEvents, processed_events
 from tests.support.leases import pass_time_on_leases
 from tests.support.smtp import SmtpTestServer
@@ -33,31 +33,31 @@ def store(database_url: str) -> Iterator[SqlProcessedEvents]:
 
 def test_claim_send_and_duplicate(store: SqlProcessedEvents) -> None:
     event_id = str(uuid.uuid4())
-    assert store.claim(event_id, "a", 60) is Claim.CLAIMED
-    assert store.claim(event_id, "b", 60) is Claim.HELD_ELSEWHERE
+    assert store.claim(event_id, "a", 60) is ClaimAnswer.CLAIMED
+    assert store.claim(event_id, "b", 60) is ClaimAnswer.HELD_ELSEWHERE
     store.mark_sent(event_id, "a")
-    assert store.claim(event_id, "c", 60) is Claim.ALREADY_SENT
+    assert store.claim(event_id, "c", 60) is ClaimAnswer.ALREADY_SENT
     assert store.is_sent(event_id)
 
 
 def test_a_released_claim_is_free_at_once(store: SqlProcessedEvents) -> None:
     event_id = str(uuid.uuid4())
-    assert store.claim(event_id, "a", 60) is Claim.CLAIMED
+    assert store.claim(event_id, "a", 60) is ClaimAnswer.CLAIMED
     store.release(event_id, "b")  # not the holder: no effect
-    assert store.claim(event_id, "c", 60) is Claim.HELD_ELSEWHERE
+    assert store.claim(event_id, "c", 60) is ClaimAnswer.HELD_ELSEWHERE
     store.release(event_id, "a")
-    assert store.claim(event_id, "c", 60) is Claim.CLAIMED
+    assert store.claim(event_id, "c", 60) is ClaimAnswer.CLAIMED
     assert not store.is_sent(event_id)
 
 
 def test_an_expired_lease_can_be_taken_over(store: SqlProcessedEvents) -> None:
     event_id = str(uuid.uuid4())
-    assert store.claim(event_id, "crashed-worker", HOUR_S) is Claim.CLAIMED
+    assert store.claim(event_id, "crashed-worker", HOUR_S) is ClaimAnswer.CLAIMED
     pass_time_on_leases(store, HOUR_S - 100)
-    assert store.claim(event_id, "b", HOUR_S) is Claim.HELD_ELSEWHERE
+    assert store.claim(event_id, "b", HOUR_S) is ClaimAnswer.HELD_ELSEWHERE
     pass_time_on_leases(store, 200)
-    assert store.claim(event_id, "b", HOUR_S) is Claim.CLAIMED
-    assert store.claim(event_id, "c", HOUR_S) is Claim.HELD_ELSEWHERE
+    assert store.claim(event_id, "b", HOUR_S) is ClaimAnswer.CLAIMED
+    assert store.claim(event_id, "c", HOUR_S) is ClaimAnswer.HELD_ELSEWHERE
 
 
 def test_a_worker_whose_clock_runs_ahead_takes_over_no_live_claim(
@@ -65,9 +65,9 @@ def test_a_worker_whose_clock_runs_ahead_takes_over_no_live_claim(
 ) -> None:
     ahead = SqlProcessedEvents(store._engine, clock=lambda: time.time() + HOUR_S)
     event_id = str(uuid.uuid4())
-    assert store.claim(event_id, "a", 60) is Claim.CLAIMED
+    assert store.claim(event_id, "a", 60) is ClaimAnswer.CLAIMED
     # By its clock the lease ended 59 minutes ago; by the database's it has a minute left.
-    assert ahead.claim(event_id, "b", 60) is Claim.HELD_ELSEWHERE
+    assert ahead.claim(event_id, "b", 60) is ClaimAnswer.HELD_ELSEWHERE
 
 
 def test_a_claim_by_a_worker_whose_clock_runs_behind_is_not_taken_over(
@@ -75,9 +75,9 @@ def test_a_claim_by_a_worker_whose_clock_runs_behind_is_not_taken_over(
 ) -> None:
     behind = SqlProcessedEvents(store._engine, clock=lambda: time.time() - HOUR_S)
     event_id = str(uuid.uuid4())
-    assert behind.claim(event_id, "a", 60) is Claim.CLAIMED
+    assert behind.claim(event_id, "a", 60) is ClaimAnswer.CLAIMED
     # Its lease, were it counted by its own clock, would have ended 59 minutes ago.
-    assert store.claim(event_id, "b", 60) is Claim.HELD_ELSEWHERE
+    assert store.claim(event_id, "b", 60) is ClaimAnswer.HELD_ELSEWHERE
 
 
 def test_opening_twice_keeps_the_record(database_url: str) -> None:
@@ -87,7 +87,7 @@ def test_opening_twice_keeps_the_record(database_url: str) -> None:
     first.mark_sent(event_id, "a")
     first.dispose()
     second = SqlProcessedEvents.open(database_url)
-    assert second.claim(event_id, "b", 60) is Claim.ALREADY_SENT
+    assert second.claim(event_id, "b", 60) is ClaimAnswer.ALREADY_SENT
     second.dispose()
 
 
@@ -95,7 +95,7 @@ def test_concurrent_claims_from_separate_workers_have_one_winner(database_url: s
     stores = [SqlProcessedEvents.open(database_url) for _ in range(4)]  # one per "worker"
     event_id = str(uuid.uuid4())
     barrier = threading.Barrier(8)
-    answers: list[Claim] = []
+    answers: list[ClaimAnswer] = []
     lock = threading.Lock()
 
     def claim(index: int) -> None:
@@ -109,8 +109,8 @@ def test_concurrent_claims_from_separate_workers_have_one_winner(database_url: s
         thread.start()
     for thread in threads:
         thread.join()
-    assert answers.count(Claim.CLAIMED) == 1
-    assert answers.count(Claim.HELD_ELSEWHERE) == 7
+    assert answers.count(ClaimAnswer.CLAIMED) == 1
+    assert answers.count(ClaimAnswer.HELD_ELSEWHERE) == 7
     for store in stores:
         store.dispose()
 
@@ -159,9 +159,9 @@ def test_records_older_than_the_retention_are_deleted(database_url: str) -> None
         now[0] = 1_001_000.0
         store.claim(live_claim, "d", 600)  # held right now
         assert store.forget_older_than(700) == 2  # cutoff 1_000_300
-        assert store.claim(old_sent, "e", 60) is Claim.CLAIMED, "forgotten, so claimable"
-        assert store.claim(old_claim, "f", 60) is Claim.CLAIMED
-        assert store.claim(recent_sent, "g", 60) is Claim.ALREADY_SENT
-        assert store.claim(live_claim, "h", 60) is Claim.HELD_ELSEWHERE
+        assert store.claim(old_sent, "e", 60) is ClaimAnswer.CLAIMED, "forgotten, so claimable"
+        assert store.claim(old_claim, "f", 60) is ClaimAnswer.CLAIMED
+        assert store.claim(recent_sent, "g", 60) is ClaimAnswer.ALREADY_SENT
+        assert store.claim(live_claim, "h", 60) is ClaimAnswer.HELD_ELSEWHERE
     finally:
         store.dispose()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,83 +15,14 @@ from email_consumer.errors import (
     UncertainDelivery,
 )
 from email_consumer.handler import HandlingResult, Outcome, WelcomeEmailHandler
-from email_consumer.ports import Claim, RenderedEmail
+from email_consumer.ports import ClaimAnswer, RenderedEmail
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
 from email_consumer.settings import parse_mail_from
 from shared.events import UserRegistered, new_user_registered
+from tests.support.consumer_fakes import FakeProcessedEvents, FakeSender
 
 NO_WAIT = RetryPolicy(attempts=3, initial_backoff_s=0.0, max_backoff_s=0.0, max_total_s=60)
-
-
-class FakeSender:
-    def __init__(self, failures: list[Exception] | None = None) -> None:
-        self.failures = list(failures or [])
-        self.sent: list[RenderedEmail] = []
-        self.lock = threading.Lock()
-        self.holding = threading.local()
-
-    @contextlib.contextmanager
-    def reserved(self) -> Iterator[None]:
-        self.holding.value = True
-        try:
-            yield
-        finally:
-            self.holding.value = False
-
-    def send(self, email: RenderedEmail) -> None:
-        with self.lock:
-            if self.failures:
-                raise self.failures.pop(0)
-            self.sent.append(email)
-
-
-class FakeProcessedEvents:
-    """In memory, with the same atomic claim semantics as the SQL adapter."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.rows: dict[str, tuple[str, str | None, float]] = {}  # status, token, lease_until
-
-    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
-        with self.lock:
-            row = self.rows.get(event_id)
-            now = time.monotonic()
-            if row is None or (row[0] == "claimed" and row[2] < now):
-                self.rows[event_id] = ("claimed", token, now + lease_s)
-                return Claim.CLAIMED
-            if row[0] == "uncertain" and row[2] <= now:
-                self.rows[event_id] = ("resending", token, now + lease_s)
-                return Claim.RESEND
-            if row[0] == "uncertain_final" or (row[0] == "resending" and row[2] < now):
-                return Claim.MAYBE_SENT
-            return Claim.ALREADY_SENT if row[0] == "sent" else Claim.HELD_ELSEWHERE
-
-    def mark_uncertain(self, event_id: str, token: str, resend_after_s: float) -> bool:
-        with self.lock:
-            status, holder, _ = self.rows[event_id]
-            if status == "claimed" and holder == token:
-                self.rows[event_id] = ("uncertain", None, time.monotonic() + resend_after_s)
-                return False
-            if status == "resending" and holder == token:
-                self.rows[event_id] = ("uncertain_final", None, 0.0)
-            return True
-
-    def release_resend(self, event_id: str, token: str) -> None:
-        with self.lock:
-            row = self.rows.get(event_id)
-            if row is not None and row[0] == "resending" and row[1] == token:
-                self.rows[event_id] = ("uncertain", None, 0.0)
-
-    def mark_sent(self, event_id: str, token: str) -> None:
-        with self.lock:
-            self.rows[event_id] = ("sent", None, 0.0)
-
-    def release(self, event_id: str, token: str) -> None:
-        with self.lock:
-            row = self.rows.get(event_id)
-            if row is not None and row[0] == "claimed" and row[1] == token:
-                del self.rows[event_id]
 
 
 def _event() -> UserRegistered:
@@ -175,10 +104,10 @@ def test_a_permanent_error_is_not_retried() -> None:
 def test_an_event_held_by_another_delivery_is_retried_then_seen_as_sent() -> None:
     sender, store = FakeSender(), FakeProcessedEvents()
     event = _event()
-    assert store.claim(event.event_id, "other-worker", 60) is Claim.CLAIMED
+    assert store.claim(event.event_id, "other-worker", 60) is ClaimAnswer.CLAIMED
 
     class FinishingStore(FakeProcessedEvents):
-        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
             answer = store.claim(event_id, token, lease_s)
             store.mark_sent(event_id, "other-worker")  # the other delivery finishes meanwhile
             return answer
@@ -218,7 +147,7 @@ def test_two_concurrent_deliveries_of_one_event_send_one_email() -> None:
 
 def test_a_store_outage_is_a_transient_failure() -> None:
     class DownStore(FakeProcessedEvents):
-        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
             raise StoreUnavailable("database down")
 
     sender = FakeSender()
@@ -260,7 +189,7 @@ class MarkFailingStore(FakeProcessedEvents):
         self.failures = failures
         self.claims = 0
 
-    def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+    def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
         self.claims += 1
         return super().claim(event_id, token, lease_s)
 
@@ -367,7 +296,7 @@ def test_the_event_is_claimed_only_once_a_connection_is_held() -> None:
     sender = FakeSender()
 
     class CheckingStore(FakeProcessedEvents):
-        def claim(self, event_id: str, token: str, lease_s: float) -> Claim:
+        def claim(self, event_id: str, token: str, lease_s: float) -> ClaimAnswer:
             assert getattr(sender.holding, "value", False), "claimed without a connection"
             return super().claim(event_id, token, lease_s)
 

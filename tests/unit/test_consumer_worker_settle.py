@@ -16,9 +16,9 @@ import pika.exceptions
 import pytest
 
 from email_consumer.metrics import WorkerMetrics
-from email_consumer.retry_policy import RetryPolicy
+from email_consumer.routing import Ack, Action, Delivery, Forward, HandBack
 from email_consumer.settings import WorkerSettings
-from email_consumer.worker import Worker, _Forward, _Session
+from email_consumer.worker import Worker, _Session
 from shared.settings import BrokerSettings
 
 
@@ -53,22 +53,28 @@ def _worker(metrics: WorkerMetrics) -> Worker:
             reconnect_max_delay_s=1,
             processed_retention_s=3600,
         ),
-        policy=RetryPolicy(),
-        handler=None,  # type: ignore[arg-type]  # not reached by settling
+        processor=None,  # type: ignore[arg-type]  # not reached by settling
         metrics=metrics,
         stopping=threading.Event(),
     )
 
 
-def _settle(publish_error: BaseException | None) -> tuple[FakeChannel, WorkerMetrics]:
+TO_DLQ = Forward("dlx", "dlq", {"attempts": 1}, "dead_lettered")
+
+
+def _carry_out(
+    publish_error: BaseException | None,
+    action: Action = TO_DLQ,
+    *,
+    active: bool = True,
+) -> tuple[FakeChannel, WorkerMetrics]:
     metrics = WorkerMetrics()
     consume, publish = FakeChannel(), FakeChannel(publish_error)
     session = _Session(connection=None, consume_channel=consume, publish_channel=publish)
-    session.in_flight = 1
-    action = _Forward("dlx", "dlq", {"attempts": 1}, "dead_lettered")
-    _worker(metrics)._settle(
-        session, 7, pika.BasicProperties(), b"{}", action, time.monotonic(), "event-1"
-    )
+    session.in_flight, session.active = 1, active
+    delivery = Delivery(7, "user.registered", pika.BasicProperties(), b"{}", time.monotonic())
+    _worker(metrics)._carry_out(session, delivery, action)
+    assert session.in_flight == 0
     return consume, metrics
 
 
@@ -80,24 +86,37 @@ def _dead_lettered(metrics: WorkerMetrics) -> float:
 
 
 def test_a_copy_pika_cannot_encode_requeues_the_original_instead_of_crashing() -> None:
-    consume, metrics = _settle(struct.error("argument out of range"))
+    consume, metrics = _carry_out(struct.error("argument out of range"))
     assert consume.nacked == [(7, True)]
     assert consume.acked == []
     assert _dead_lettered(metrics) == 0
 
 
 def test_a_copy_the_broker_refuses_is_not_counted_as_moved() -> None:
-    consume, metrics = _settle(pika.exceptions.UnroutableError([]))
+    consume, metrics = _carry_out(pika.exceptions.UnroutableError([]))
     assert consume.nacked == [(7, True)]
     assert _dead_lettered(metrics) == 0
 
 
 def test_a_moved_copy_acks_the_original_and_is_counted() -> None:
-    consume, metrics = _settle(None)
+    consume, metrics = _carry_out(None)
     assert consume.acked == [7]
     assert _dead_lettered(metrics) == 1
 
 
 def test_connection_errors_still_reach_the_reconnect_logic() -> None:
     with pytest.raises(pika.exceptions.StreamLostError):
-        _settle(pika.exceptions.StreamLostError("connection lost"))
+        _carry_out(pika.exceptions.StreamLostError("connection lost"))
+
+
+def test_an_ack_and_a_hand_back_are_one_call_each() -> None:
+    acked, _ = _carry_out(None, Ack())
+    assert (acked.acked, acked.nacked) == ([7], [])
+    handed_back, _ = _carry_out(None, HandBack())
+    assert (handed_back.acked, handed_back.nacked) == ([], [(7, True)])
+
+
+def test_a_settlement_for_a_closed_session_is_dropped() -> None:
+    consume, metrics = _carry_out(None, active=False)
+    assert (consume.acked, consume.nacked) == ([], [])
+    assert _dead_lettered(metrics) == 0
