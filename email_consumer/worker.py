@@ -22,7 +22,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from email_consumer import failure_headers, wire_properties
+from email_consumer import failure_headers
 from email_consumer.connections import CONNECTION_ERRORS, close_quietly, copy_with_headers
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.processing import DeliveryProcessor
@@ -72,8 +72,6 @@ class Worker:
         self._processor = processor
         self._metrics = metrics
         self._stopping = stopping
-        # A header table pika cannot decode must cost one message, not the connection.
-        wire_properties.install()
         # Twice as many threads as emails sent at once (the sender's SMTP connections): while
         # `concurrency` emails are on the wire, the other threads claim, render and record.
         self._pool = ThreadPoolExecutor(

@@ -8,7 +8,7 @@ import pika
 
 from email_consumer import bootstrap
 from email_consumer.routing import Ack, Delivery
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from shared import topology
 from shared.events import new_user_registered, serialise
 from shared.settings import Environment
@@ -21,7 +21,7 @@ def _delivery(body: bytes) -> Delivery:
 
 def test_the_worker_built_with_fakes_sends_once_and_acks_a_redelivery() -> None:
     env = Environment({"MAIL_FROM": "Welcome <welcome@example.com>"})
-    settings = consumer_settings(env)
+    settings = ConsumerSettings.from_env(env)
     store, sender = FakeProcessedEvents(), FakeSender()
     app = bootstrap.build_worker(settings, threading.Event(), processed=store, sender=sender)
     assert (app.processed, app.sender) == (store, sender)
