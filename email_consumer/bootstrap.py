@@ -12,6 +12,7 @@ from email_consumer.processed_events import SqlProcessedEvents
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.settings import ConsumerSettings
 from email_consumer.smtp_sender import SmtpEmailSender
+from email_consumer.status import WorkerStatus
 from email_consumer.worker import Worker
 from shared.amqp import connection_parameters
 from shared.logging import configure_logging, get_logger
@@ -31,6 +32,7 @@ def set_up_logging(settings: ConsumerSettings) -> None:
 class WorkerApp:
     worker: Worker
     metrics: WorkerMetrics
+    status: WorkerStatus
     processed: SqlProcessedEvents
     sender: SmtpEmailSender
 
@@ -49,7 +51,8 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
     check_broker_settings(settings)
     processed = SqlProcessedEvents.open(settings.database_url)
     sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)
-    metrics = WorkerMetrics()
+    status = WorkerStatus(settings.metrics.liveness_timeout_s)
+    metrics = WorkerMetrics(status=status)
     handler = WelcomeEmailHandler(
         renderer=WelcomeRenderer(settings.mail_from),
         sender=sender,
@@ -68,8 +71,11 @@ def build_worker(settings: ConsumerSettings, stopping: threading.Event) -> Worke
         stopping=stopping,
         housekeeping=lambda: forget_old_events(processed, settings.worker.processed_retention_s),
         housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
+        status=status,
     )
-    return WorkerApp(worker=worker, metrics=metrics, processed=processed, sender=sender)
+    return WorkerApp(
+        worker=worker, metrics=metrics, status=status, processed=processed, sender=sender
+    )
 
 
 def forget_old_events(processed: SqlProcessedEvents, retention_s: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from email_consumer import bootstrap
 from email_consumer.dead_letters import DeadLetterSummary
 from email_consumer.settings import ConsumerSettings, consumer_settings
+from shared import metrics_server
 from shared.amqp import refuse_bad_credentials
 from shared.cli import (
     EXIT_INVALID,
@@ -29,6 +30,7 @@ from shared.cli import (
 )
 from shared.database import check_database
 from shared.display import json_line, printable
+from shared.health_probe import add_health_command, run_health
 from shared.logging import get_logger
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
@@ -50,6 +52,8 @@ def _start(args: argparse.Namespace) -> int:
     bootstrap.set_up_logging(settings)
     if args.command == "run":
         return _run(settings)
+    if args.command == "health":
+        return run_health(PROG, settings.metrics)
     return _dlq(settings, args)
 
 
@@ -70,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
             "down; exits 2 at start-up if it refuses AMQP_URL's login or vhost."
         ),
     )
+    add_health_command(commands, "the worker")
     dlq = add_command(
         commands,
         "dlq",
@@ -142,7 +147,7 @@ def _run(settings: ConsumerSettings) -> int:
     stopping = stop_on_signals()
     app = bootstrap.build_worker(settings, stopping)
     try:
-        app.metrics.serve(settings.metrics_port, settings.metrics_address)
+        metrics_server.serve(settings.metrics, app.metrics.registry, app.status)
         freeze_start_up_objects()
         app.worker.run()
     finally:

@@ -51,8 +51,10 @@ from shared.settings import (
     BrokerSettings,
     Environment,
     LoggingSettings,
+    MetricsSettings,
     broker_settings,
     logging_settings,
+    metrics_settings,
     sqlite_default_url,
 )
 from shared.topology import DEFAULT_RETRY_DELAYS_S
@@ -102,8 +104,7 @@ class ConsumerSettings:
     database_url: str
     worker: WorkerSettings
     retry: RetryPolicy
-    metrics_port: int
-    metrics_address: str
+    metrics: MetricsSettings
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line (URL passwords also percent-decoded)."""
@@ -183,8 +184,9 @@ def consumer_settings(env: Environment) -> ConsumerSettings:
             ),
         ),
         retry=retry,
-        metrics_port=env.port("METRICS_PORT", 0, allow_zero=True),
-        metrics_address=env.text("METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - see the table
+        # A delivery still unsettled after its claim lease has lost its claim: by then the
+        # worker is stuck, not slow (the lease outlasts the longest send, SMTP timeouts and all).
+        metrics=metrics_settings(env, liveness_timeout_s=claim_lease_s),
     )
 
 

@@ -53,6 +53,7 @@ from email_consumer.handler import Outcome, WelcomeEmailHandler
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.retry_policy import DeadLetter, Decision, RetryLater, RetryPolicy
 from email_consumer.settings import WorkerSettings
+from email_consumer.status import WorkerStatus
 from shared import topology
 from shared.amqp import BrokerRefused, BrokerUnavailable, mask_url, open_connection
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
@@ -121,6 +122,7 @@ class Worker:
         housekeeping: Callable[[], None] | None = None,
         housekeeping_interval_s: float = 3600.0,
         breaker: DeadLetterBreaker | None = None,
+        status: WorkerStatus | None = None,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -145,12 +147,14 @@ class Worker:
             threshold=settings.breaker_threshold, probe_interval_s=settings.breaker_probe_s
         )
         self._metrics.set_breaker_open(self._breaker.is_open)
+        self._status = status or WorkerStatus()
 
     def run(self) -> None:
         """Serve until `stopping` is set, then drain in-flight work; returns normally."""
         delay = _FIRST_RECONNECT_DELAY_S
         try:
             while not self._stopping.is_set():
+                self._status.loop_ran()
                 self._maybe_housekeep()
                 try:
                     connection = open_connection(self._broker)
@@ -161,6 +165,7 @@ class Worker:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, self._settings.reconnect_max_delay_s)
                     continue
+                self._status.connected()
                 try:
                     session = self._start(connection)
                     delay = _FIRST_RECONNECT_DELAY_S
@@ -175,6 +180,7 @@ class Worker:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, self._settings.reconnect_max_delay_s)
                 finally:
+                    self._status.disconnected()
                     close_quietly(connection)
         finally:
             # Work still running past the shutdown timeout was handed back by closing the
@@ -192,6 +198,7 @@ class Worker:
         session.consumer_tag = consume_channel.basic_consume(
             topology.QUEUE, on_message_callback=functools.partial(self._on_message, session)
         )
+        self._status.consuming(True)
         _log.info(
             "consuming",
             queue=topology.QUEUE,
@@ -204,6 +211,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 session.connection.process_data_events(time_limit=_POLL_S)
+                self._status.loop_ran()
                 self._maybe_housekeep()
             self._drain(session)
         finally:
@@ -212,6 +220,7 @@ class Worker:
     def _drain(self, session: _Session) -> None:
         """Stop taking deliveries, let in-flight ones finish for a bounded time."""
         _log.info("stopping: no new deliveries", in_flight=session.in_flight)
+        self._status.consuming(False)
         # pika returns (nacks) deliveries it has not yet handed to `_on_message`; those already
         # handed over run to completion below.
         session.consume_channel.basic_cancel(session.consumer_tag)
@@ -242,6 +251,7 @@ class Worker:
         body: bytes,
     ) -> None:
         session.in_flight += 1
+        self._status.delivery_taken()
         self._pool.submit(
             self._process, session, method.delivery_tag, method.routing_key, properties, body
         )
@@ -257,6 +267,7 @@ class Worker:
         event_id: str,
     ) -> None:
         session.in_flight -= 1
+        self._status.delivery_settled()
         with event_context(event_id, properties.correlation_id):
             channel = session.consume_channel
             if not session.active or not channel.is_open:

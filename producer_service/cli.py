@@ -25,6 +25,7 @@ from producer_service.validation import (
     USERNAME_RULES,
     ValidationError,
 )
+from shared import metrics_server
 from shared.amqp import BrokerRefused, refuse_bad_credentials
 from shared.cli import (
     EXIT_CONFLICT,
@@ -42,6 +43,7 @@ from shared.cli import (
 from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
 from shared.display import json_line, printable, quoted
 from shared.errors import TransientError
+from shared.health_probe import add_health_command, run_health
 from shared.logging import event_context, get_logger, redact
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
@@ -59,6 +61,9 @@ Command = Callable[[Producer, argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)  # usage errors exit 2 here, one line
+    if args.command is _health:
+        # Asks the running relay; opening (and upgrading) the database here would be wrong.
+        return run(PROG, _health, EXIT_CODES)
     return run(PROG, lambda: _start(args.command, args), EXIT_CODES)
 
 
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only store the events; leave every one to a running relay",
     )
     simulate.set_defaults(command=_simulate)
+    add_health_command(commands, "relay").set_defaults(command=_health)
     return parser
 
 
@@ -202,11 +208,17 @@ def _try_to_publish(producer: Producer, event_id: str) -> bool:
     return producer.outbox.count_published([event_id]) == 1
 
 
+def _health() -> int:
+    return run_health(PROG, ProducerSettings.from_env(Environment()).metrics)
+
+
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
     # A refused login or vhost is configuration: exit 2 now rather than retry forever.
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
-    relay = producer.relay(stop)
+    monitoring = producer.monitoring()
+    metrics_server.serve(producer.settings.metrics, monitoring.metrics.registry, monitoring.health)
+    relay = producer.relay(stop, monitoring)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
     freeze_start_up_objects()
     totals = relay.run_once() if args.once else relay.run_forever()

@@ -8,8 +8,10 @@ from shared.settings import (
     BrokerSettings,
     Environment,
     LoggingSettings,
+    MetricsSettings,
     broker_settings,
     logging_settings,
+    metrics_settings,
     sqlite_default_url,
 )
 
@@ -28,6 +30,9 @@ DEFAULT_CONFIRM_TIMEOUT_S = 10.0
 # token); a crashed relay's rows are claimable again once it ends (45 s with the defaults).
 _LEASE_CONFIRM_WAITS = 3
 _LEASE_MARGIN_S = 15.0
+# The relay reports progress at least every 31 s while it waits (the longest wait between two
+# connection attempts, jitter included), plus what one attempt takes: twice that is stuck.
+DEFAULT_LIVENESS_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class ProducerSettings:
     broker: BrokerSettings
     logging: LoggingSettings
     relay: RelaySettings
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Environment) -> ProducerSettings:
@@ -72,4 +78,5 @@ class ProducerSettings:
                     "RELAY_CONFIRM_TIMEOUT_S", DEFAULT_CONFIRM_TIMEOUT_S, minimum=1.0
                 ),
             ),
+            metrics=metrics_settings(env, liveness_timeout_s=DEFAULT_LIVENESS_TIMEOUT_S),
         )
