@@ -133,6 +133,7 @@ class WorkerProcess:
     """`email-consumer run` in a subprocess, its log (stderr) written to a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
         self.log_path = log_path
         self._log_file = log_path.open("ab")
         self.process = subprocess.Popen(
