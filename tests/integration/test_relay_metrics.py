@@ -4,6 +4,7 @@ broker: the counters and the outbox gauges move as events are published and retu
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,23 @@ def test_health_with_the_endpoint_off_exits_2() -> None:
     assert result.stderr.splitlines() == [
         "producer-service: error: configuration error: METRICS_PORT is 0 (off), so there is "
         "no health endpoint to ask"
+    ]
+
+
+def test_a_metrics_port_in_use_exits_2_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = producer_env(
+            closed_port_url(), f"sqlite:///{tmp_path}/producer.sqlite3", METRICS_PORT=str(port)
+        )
+        result = run_producer("relay", env=env)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert errors == [
+        f"producer-service: error: configuration error: METRICS_PORT {port} on METRICS_ADDRESS "
+        "127.0.0.1 cannot be used: Address already in use"
     ]
 
 
