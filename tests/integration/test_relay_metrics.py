@@ -11,13 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
-from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
 from tests.support.ports import free_port
 from tests.support.probes import probe, run_health, scrape
-from tests.support.producer import COMMAND, closed_port_url, json_lines, producer_env, run_producer
+from tests.support.producer import (
+    COMMAND,
+    closed_port_url,
+    json_lines,
+    producer_env,
+    queue_event,
+    run_producer,
+    set_binding,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.broker]
@@ -30,17 +36,17 @@ def test_the_relay_counts_what_it_publishes_and_what_comes_back(
     port = free_port()
     env = producer_env(amqp_url, database_url, RELAY_POLL_INTERVAL_S="0.1", METRICS_PORT=str(port))
     for name in ("first", "second"):
-        _store_pending(database_url, name)
+        queue_event(database_url, name)
     with _running_relay(env, tmp_path / "relay.log") as log:
         wait_until(lambda: _answers(port), what="the endpoint")
         wait_until(lambda: _sample(port, "outcome", "published") == 2, what="two published")
         published = scrape(port)
-        _set_binding(amqp_url, bound=False)
-        _store_pending(database_url, "lost")
+        set_binding(amqp_url, bound=False)
+        queue_event(database_url, "lost")
         wait_until(lambda: _sample(port, "outcome", "returned") >= 1, what="a return")
         returned = scrape(port)
         health = run_health(COMMAND, env)
-        _set_binding(amqp_url, bound=True)
+        set_binding(amqp_url, bound=True)
         wait_until(lambda: _sample(port, "outcome", "published") == 3, what="the third")
         after = scrape(port)
     assert published["producer_outbox_pending_events"] == 0
@@ -127,29 +133,6 @@ def _running_relay(
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=60)
     assert relay.returncode == 0, log_path.read_text()[-4000:]
-
-
-def _store_pending(database_url: str, username: str) -> None:
-    """Register while the broker is 'down', so only the relay can publish the event."""
-    result = run_producer(
-        "register",
-        username,
-        f"{username}@example.com",
-        env=producer_env(closed_port_url(), database_url),
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def _set_binding(amqp_url: str, *, bound: bool) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        if bound:
-            channel.queue_bind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
-        else:
-            channel.queue_unbind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
-    finally:
-        connection.close()
 
 
 def _sample(port: int, label: str, value: str) -> float:

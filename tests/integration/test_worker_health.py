@@ -14,7 +14,7 @@ from tests.support.probes import probe, run_health, scrape
 from tests.support.rabbit_node import RabbitNode
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
-from tests.support.worker import new_event, publish_event, running_worker
+from tests.support.worker import new_event, patient_smtp, publish_event, running_worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -87,16 +87,9 @@ def test_a_worker_whose_every_delivery_hangs_in_smtp_is_not_live(
     # flow. Ready it still is; live it is not, past LIVENESS_TIMEOUT_S without a settlement.
     smtp_server.stall(15)
     port = free_port()
+    env = {"METRICS_PORT": str(port), "LIVENESS_TIMEOUT_S": "2", "WORKER_CONCURRENCY": "1"}
     with running_worker(
-        amqp_url,
-        smtp_server.environment(),
-        tmp_path,
-        METRICS_PORT=str(port),
-        LIVENESS_TIMEOUT_S="2",
-        WORKER_CONCURRENCY="1",
-        SMTP_TIMEOUT_S="60",
-        SMTP_FINAL_REPLY_TIMEOUT_S="60",
-        WORKER_CLAIM_LEASE_S="720",  # at least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S
+        amqp_url, smtp_server.environment(), tmp_path, **env, **patient_smtp(60)
     ) as worker:
         assert probe(port, "/livez").status == 200
         publish_event(amqp_url, new_event())
