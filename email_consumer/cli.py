@@ -11,11 +11,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from email_consumer import bootstrap
-from email_consumer.dead_letters import DeadLetterSummary
 from email_consumer.settings import ConsumerSettings, consumer_settings
-from shared import metrics_server
 from shared.amqp import refuse_bad_credentials
 from shared.cli import (
     EXIT_INVALID,
@@ -28,12 +26,14 @@ from shared.cli import (
     run,
     stop_on_signals,
 )
-from shared.database import check_database
 from shared.display import json_line, printable
 from shared.health_probe import add_health_command, run_health
 from shared.logging import get_logger
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
+
+if TYPE_CHECKING:
+    from email_consumer.dead_letters import DeadLetterSummary
 
 PROG = "email-consumer"
 DATABASE_VARIABLE = "CONSUMER_DATABASE_URL"
@@ -49,11 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     settings = consumer_settings(Environment())
+    if args.command == "health":
+        # A container healthcheck, every few seconds: it needs none of the worker's machinery
+        # (SQLAlchemy, Jinja, the SMTP sender), and importing it would take most of its time.
+        return run_health(PROG, settings.metrics)
+    from email_consumer import bootstrap
+
     bootstrap.set_up_logging(settings)
     if args.command == "run":
         return _run(settings)
-    if args.command == "health":
-        return run_health(PROG, settings.metrics)
     return _dlq(settings, args)
 
 
@@ -138,6 +142,10 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def _run(settings: ConsumerSettings) -> int:
+    from email_consumer import bootstrap
+    from shared import metrics_server
+    from shared.database import check_database
+
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     # Start-up checks, each failing with one line naming the variable: a database URL that
     # cannot be used, a broker refusing the login or vhost, a metrics port that is taken.
@@ -157,6 +165,8 @@ def _run(settings: ConsumerSettings) -> int:
 
 
 def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
+    from email_consumer import bootstrap
+
     if args.dlq_command == "purge" and not args.yes:
         return fail(
             PROG, EXIT_INVALID, "dlq purge deletes every dead-lettered event; add --yes to confirm"

@@ -11,13 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from producer_service.bootstrap import Producer, bootstrap
 from producer_service.ports import DuplicateUser
-from producer_service.progress import terminal_progress
 from producer_service.settings import ProducerSettings
 from producer_service.validation import (
     EMAIL_RULES,
@@ -25,7 +21,6 @@ from producer_service.validation import (
     USERNAME_RULES,
     ValidationError,
 )
-from shared import metrics_server
 from shared.amqp import BrokerRefused, refuse_bad_credentials
 from shared.cli import (
     EXIT_CONFLICT,
@@ -40,13 +35,15 @@ from shared.cli import (
     run,
     stop_on_signals,
 )
-from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
 from shared.display import json_line, printable, quoted
 from shared.errors import TransientError
 from shared.health_probe import add_health_command, run_health
 from shared.logging import event_context, get_logger, redact
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
+
+if TYPE_CHECKING:
+    from producer_service.bootstrap import Producer
 
 PROG = "producer-service"
 DATABASE_VARIABLE = "PRODUCER_DATABASE_URL"
@@ -56,7 +53,7 @@ EXIT_CODES: ExitCodes = (
 )
 
 _log = get_logger(__name__)
-Command = Callable[[Producer, argparse.Namespace], int]
+Command = Callable[["Producer", argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(command: Command, args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `health` (a container healthcheck) needs none of it.
+    import sqlalchemy as sa
+
+    from producer_service.bootstrap import bootstrap
+    from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
+
     database_url = ProducerSettings.from_env(Environment()).database_url
     with naming_the_variable(DATABASE_VARIABLE, database_url):
         producer = bootstrap(Environment())
@@ -214,6 +217,8 @@ def _health() -> int:
 
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
     # A refused login or vhost is configuration: exit 2 now rather than retry forever.
+    from shared import metrics_server
+
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
     monitoring = producer.monitoring()
@@ -231,6 +236,8 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
+    from producer_service.progress import terminal_progress
+
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
     # Before the publishing thread opens its connection: a connection replaced later must not
