@@ -4,7 +4,6 @@ broker: the counters and the outbox gauges move as events are published and retu
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.ports import free_port
+from tests.support.ports import free_port, taken_port
 from tests.support.probes import probe, run_health, scrape
 from tests.support.producer import (
     COMMAND,
@@ -103,10 +102,7 @@ def test_health_with_the_endpoint_off_exits_2() -> None:
 
 
 def test_a_metrics_port_in_use_exits_2_in_one_line(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         env = producer_env(
             closed_port_url(), f"sqlite:///{tmp_path}/producer.sqlite3", METRICS_PORT=str(port)
         )

@@ -3,7 +3,6 @@ endpoint that serves them."""
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from shared import metrics_server
 from shared.errors import ConfigError
 from shared.health import Heartbeat, Verdict
 from shared.settings import MetricsSettings
-from tests.support.ports import free_port
+from tests.support.ports import free_port, taken_port
 
 
 class Clock:
@@ -212,10 +211,7 @@ def test_port_0_serves_nothing_and_a_taken_port_is_a_configuration_error() -> No
     registry = WorkerMetrics().registry
     off = MetricsSettings(port=0, address="127.0.0.1", liveness_timeout_s=10)
     assert metrics_server.serve(off, registry, _Probes()) is None
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         settings = MetricsSettings(port=port, address="127.0.0.1", liveness_timeout_s=10)
         with pytest.raises(ConfigError, match=f"METRICS_PORT {port} on METRICS_ADDRESS"):
             metrics_server.serve(settings, registry, _Probes())
