@@ -22,6 +22,7 @@ from email_consumer.rendering import WelcomeRenderer
 from email_consumer.routing import Router
 from email_consumer.settings import ConsumerSettings
 from email_consumer.smtp_sender import SmtpEmailSender
+from email_consumer.status import WorkerStatus
 from email_consumer.worker import Worker
 from shared.amqp import connection_parameters
 from shared.logging import configure_logging, get_logger
@@ -54,6 +55,7 @@ class WorkerApp:
     worker: Worker
     processor: DeliveryProcessor
     metrics: WorkerMetrics
+    status: WorkerStatus
     processed: EventStore
     sender: PooledSender
 
@@ -81,7 +83,8 @@ def build_worker(
         processed = SqlProcessedEvents.open(settings.database_url)
     if sender is None:
         sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)
-    metrics = WorkerMetrics()
+    status = WorkerStatus(settings.metrics.liveness_timeout_s)
+    metrics = WorkerMetrics(status=status)
     handler = WelcomeEmailHandler(
         renderer=WelcomeRenderer(settings.mail_from),
         sender=sender,
@@ -114,8 +117,16 @@ def build_worker(
         stopping=stopping,
         housekeeping=lambda: forget_old_events(processed, settings.worker.processed_retention_s),
         housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
+        status=status,
     )
-    return WorkerApp(worker, processor, metrics, processed, sender)
+    return WorkerApp(
+        worker=worker,
+        processor=processor,
+        metrics=metrics,
+        status=status,
+        processed=processed,
+        sender=sender,
+    )
 
 
 def forget_old_events(processed: EventStore, retention_s: float) -> None:

@@ -11,9 +11,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from email_consumer import bootstrap, wire_properties
-from email_consumer.dead_letters import DeadLetterSummary
 from email_consumer.settings import ConsumerSettings
 from shared.amqp import refuse_bad_credentials
 from shared.cli import (
@@ -27,11 +26,14 @@ from shared.cli import (
     run,
     stop_on_signals,
 )
-from shared.database import check_database
 from shared.display import json_line, printable
+from shared.health_probe import add_health_command, run_health
 from shared.logging import get_logger
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
+
+if TYPE_CHECKING:
+    from email_consumer.dead_letters import DeadLetterSummary
 
 PROG = "email-consumer"
 DATABASE_VARIABLE = "CONSUMER_DATABASE_URL"
@@ -47,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     settings = ConsumerSettings.from_env(Environment())
+    if args.command == "health":
+        # A container healthcheck, every few seconds: it needs none of the worker's machinery
+        # (SQLAlchemy, Jinja, the SMTP sender), and importing it would take most of its time.
+        return run_health(PROG, settings.metrics)
+    from email_consumer import bootstrap, wire_properties
+
     # Before any connection opens, for every connection of the process: a header table pika
     # cannot decode then costs one message, not the connection (the worker's or a DLQ tool's).
     wire_properties.install()
@@ -73,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
             "down; exits 2 at start-up if it refuses AMQP_URL's login or vhost."
         ),
     )
+    add_health_command(commands, "the worker")
     dlq = add_command(
         commands,
         "dlq",
@@ -134,6 +143,10 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def _run(settings: ConsumerSettings) -> int:
+    from email_consumer import bootstrap
+    from shared import metrics_server
+    from shared.database import check_database
+
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     # Start-up checks, each failing with one line naming the variable: a database URL that
     # cannot be used, a broker refusing the login or vhost, a metrics port that is taken.
@@ -143,7 +156,7 @@ def _run(settings: ConsumerSettings) -> int:
     stopping = stop_on_signals()
     app = bootstrap.build_worker(settings, stopping)
     try:
-        app.metrics.serve(settings.metrics_port, settings.metrics_address)
+        metrics_server.serve(settings.metrics, app.metrics.registry, app.status)
         freeze_start_up_objects()
         app.worker.run()
     finally:
@@ -153,6 +166,8 @@ def _run(settings: ConsumerSettings) -> int:
 
 
 def _dlq(settings: ConsumerSettings, args: argparse.Namespace) -> int:
+    from email_consumer import bootstrap
+
     if args.dlq_command == "purge" and not args.yes:
         return fail(
             PROG, EXIT_INVALID, "dlq purge deletes every dead-lettered event; add --yes to confirm"

@@ -1,16 +1,18 @@
-"""Prometheus metrics of the worker, served on METRICS_ADDRESS:METRICS_PORT (port 0: off).
+"""Prometheus metrics of the worker, served with its health probes by `shared.metrics_server`.
 
 The metrics live in their own registry, built by the composition root, so nothing is global and
-tests can build as many as they like.
+tests can build as many as they like. The gauges of what the worker is doing now (in flight,
+connected, consuming) are read from its `WorkerStatus` at scrape time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import prometheus_client as prom
 
-from shared.errors import ConfigError
+from email_consumer.status import WorkerStatus
 
 OUTCOMES = ("sent", "duplicate", "retried", "delayed", "dead_lettered")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -19,8 +21,11 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 class WorkerMetrics:
     """Counters and histograms of what the worker did."""
 
-    def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: prom.CollectorRegistry | None = None, status: WorkerStatus | None = None
+    ) -> None:
         self.registry = registry or prom.CollectorRegistry()
+        self._export_status(status or WorkerStatus())
         self._events = prom.Counter(
             "email_consumer_events",
             "Events by outcome: sent, duplicate (already sent, not sent again), retried (one "
@@ -72,15 +77,27 @@ class WorkerMetrics:
         latency = (datetime.now(UTC) - occurred_at).total_seconds()
         self._latency.observe(max(latency, 0.0))
 
-    def serve(self, port: int, address: str) -> None:
-        """Start the HTTP endpoint on `address`:`port` in a daemon thread, when `port` is not 0."""
-        if not port:
-            return
-        try:
-            prom.start_http_server(port, addr=address, registry=self.registry)
-        except OSError as error:
-            # Taken by another process, or an address not on this machine: configuration.
-            raise ConfigError(
-                f"METRICS_PORT {port} on METRICS_ADDRESS {address} cannot be used: "
-                f"{error.strerror or type(error).__name__}"
-            ) from None
+    def _export_status(self, status: WorkerStatus) -> None:
+        for name, documentation, read in (
+            (
+                "email_consumer_in_flight",
+                "Deliveries taken from the broker and not yet settled, on this connection.",
+                lambda: status.in_flight,
+            ),
+            (
+                "email_consumer_broker_connected",
+                "1 while the worker has a broker connection, 0 otherwise.",
+                lambda: status.is_connected,
+            ),
+            (
+                "email_consumer_consuming",
+                "1 while the worker consumes its queue (ready), 0 while reconnecting or draining.",
+                lambda: status.is_consuming,
+            ),
+        ):
+            gauge = prom.Gauge(name, documentation, registry=self.registry)
+            gauge.set_function(_as_float(read))
+
+
+def _as_float(read: Callable[[], int | bool]) -> Callable[[], float]:
+    return lambda: float(read())

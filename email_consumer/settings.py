@@ -22,8 +22,10 @@ from shared.settings import (
     BrokerSettings,
     Environment,
     LoggingSettings,
+    MetricsSettings,
     broker_settings,
     logging_settings,
+    metrics_settings,
     sqlite_default_url,
 )
 from shared.topology import DEFAULT_RETRY_DELAYS_S
@@ -75,14 +77,14 @@ class ConsumerSettings:
     database_url: str
     worker: WorkerSettings
     retry: RetryPolicy
-    metrics_port: int
-    metrics_address: str
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Environment) -> ConsumerSettings:
         """Read and check every setting; a bad value raises `ConfigError` naming the variable."""
         smtp = _smtp_settings(env)
         retry = _retry_policy(env)
+        worker = _worker_settings(env, smtp, retry)
         return cls(
             broker=broker_settings(env),
             logging=logging_settings(env),
@@ -91,11 +93,12 @@ class ConsumerSettings:
             database_url=env.database_url(
                 "CONSUMER_DATABASE_URL", sqlite_default_url("email_consumer.sqlite3")
             ),
-            worker=_worker_settings(env, smtp, retry),
+            worker=worker,
             retry=retry,
-            metrics_port=env.port("METRICS_PORT", 0, allow_zero=True),
-            # All addresses by default: Prometheus scrapes containers from outside them.
-            metrics_address=env.text("METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104
+            # A delivery still unsettled after its claim lease has lost its claim: by then the
+            # worker is stuck, not slow (the lease outlasts the longest send, SMTP timeouts and
+            # all).
+            metrics=metrics_settings(env, liveness_timeout_s=worker.claim_lease_s),
         )
 
     def secrets(self) -> list[str]:

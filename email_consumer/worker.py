@@ -28,6 +28,7 @@ from email_consumer.metrics import WorkerMetrics
 from email_consumer.processing import DeliveryProcessor
 from email_consumer.routing import Action, Delivery, Forward, HandBack
 from email_consumer.settings import WorkerSettings
+from email_consumer.status import WorkerStatus
 from shared import topology
 from shared.amqp import BrokerUnavailable, mask_url, open_connection
 from shared.backoff import Doubling, log_method_for
@@ -66,6 +67,7 @@ class Worker:
         stopping: threading.Event,
         housekeeping: Callable[[], None] | None = None,
         housekeeping_interval_s: float = 3600.0,
+        status: WorkerStatus | None = None,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -81,12 +83,14 @@ class Worker:
         self._housekeeping_interval_s = housekeeping_interval_s
         self._next_housekeeping = 0.0  # at start-up first
         self._housekeeping_running: Future[None] | None = None
+        self._status = status or WorkerStatus()
 
     def run(self) -> None:
         """Serve until `stopping` is set, then drain in-flight work; returns normally."""
         backoff = Doubling(_FIRST_RECONNECT_DELAY_S, self._settings.reconnect_max_delay_s)
         try:
             while not self._stopping.is_set():
+                self._status.loop_ran()
                 self._maybe_housekeep()
                 try:
                     connection = open_connection(self._broker)
@@ -96,6 +100,7 @@ class Worker:
                     log("broker unavailable, retrying", error=str(error), retry_in_s=wait_s)
                     self._stopping.wait(wait_s)
                     continue
+                self._status.connected()
                 try:
                     session = self._start(connection)
                     backoff.reset()
@@ -111,6 +116,7 @@ class Worker:
                     )
                     self._stopping.wait(wait_s)
                 finally:
+                    self._status.disconnected()
                     close_quietly(connection)
         finally:
             # Work still running past the shutdown timeout was handed back by closing the
@@ -130,6 +136,7 @@ class Worker:
         session.consumer_tag = consume_channel.basic_consume(
             topology.QUEUE, on_message_callback=functools.partial(self._on_message, session)
         )
+        self._status.consuming(True)
         _log.info(
             "consuming",
             queue=topology.QUEUE,
@@ -142,6 +149,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 session.connection.process_data_events(time_limit=_POLL_S)
+                self._status.loop_ran()
                 self._maybe_housekeep()
             self._drain(session)
         finally:
@@ -150,6 +158,7 @@ class Worker:
     def _drain(self, session: _Session) -> None:
         """Stop taking deliveries, let in-flight ones finish for a bounded time."""
         _log.info("stopping: no new deliveries", in_flight=session.in_flight)
+        self._status.consuming(False)
         # pika returns (nacks) deliveries it has not yet handed to `_on_message`; those already
         # handed over run to completion below.
         session.consume_channel.basic_cancel(session.consumer_tag)
@@ -197,12 +206,14 @@ class Worker:
             method.delivery_tag, method.routing_key, properties, body, time.monotonic()
         )
         session.in_flight += 1
+        self._status.delivery_taken()
         self._pool.submit(self._process, session, delivery)
 
     def _carry_out(self, session: _Session, delivery: Delivery, action: Action) -> None:
         """Translate `action` into acks, nacks and publishes; nothing but a connection error
         may escape (this runs as a pika callback)."""
         session.in_flight -= 1
+        self._status.delivery_settled()
         with event_context(delivery.log_id, delivery.properties.correlation_id):
             channel = session.consume_channel
             if not session.active or not channel.is_open:

@@ -9,9 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from producer_service.after_commit import PublishAfterCommit
+from producer_service.metrics import RelayMetrics
+from producer_service.outbox_backlog import read_backlog
 from producer_service.publisher import ConfirmingPublisher
 from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay
+from producer_service.relay_health import RelayHealth, database_problem
 from producer_service.schema import upgrade
 from producer_service.settings import ProducerSettings
 from producer_service.simulate import PublishesAtCommit, Simulation
@@ -24,6 +27,12 @@ from shared.settings import Environment
 from shared.topology import ROUTING_KEY
 
 SERVICE = "producer_service"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMonitoring:
+    metrics: RelayMetrics
+    health: RelayHealth
 
 
 @dataclass(slots=True)
@@ -41,8 +50,29 @@ class Producer:
             self.settings.broker, confirm_timeout_s=self.settings.relay.confirm_timeout_s
         )
 
-    def relay(self, stop: threading.Event | None = None) -> OutboxRelay:
-        return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
+    def relay(
+        self, stop: threading.Event | None = None, monitoring: RelayMonitoring | None = None
+    ) -> OutboxRelay:
+        if monitoring is None:
+            return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
+        return OutboxRelay(
+            self.outbox,
+            monitoring.metrics.metered(self.connect_publisher),
+            self.settings.relay,
+            stop=stop,
+            on_progress=monitoring.health.progress,
+        )
+
+    def monitoring(self) -> RelayMonitoring:
+        """The relay's metrics and health probes, for `shared.metrics_server`."""
+        metrics = RelayMetrics()
+        metrics.watch_outbox(lambda: read_backlog(self.engine))
+        health = RelayHealth(
+            self.settings.metrics.liveness_timeout_s,
+            broker_connected=lambda: metrics.broker_connected,
+            database_problem=lambda: database_problem(self.engine),
+        )
+        return RelayMonitoring(metrics, health)
 
     def publish_after_commit(self, stop: threading.Event | None = None) -> PublishAfterCommit:
         relay = self.settings.relay

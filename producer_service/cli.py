@@ -11,13 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from producer_service.bootstrap import Producer, bootstrap
 from producer_service.ports import DuplicateUser
-from producer_service.progress import terminal_progress
 from producer_service.settings import ProducerSettings
 from producer_service.validation import (
     EMAIL_RULES,
@@ -39,12 +35,15 @@ from shared.cli import (
     run,
     stop_on_signals,
 )
-from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
 from shared.display import json_line, printable, quoted
 from shared.errors import TransientError
+from shared.health_probe import add_health_command, run_health
 from shared.logging import event_context, get_logger, redact
 from shared.runtime import freeze_start_up_objects
 from shared.settings import Environment
+
+if TYPE_CHECKING:
+    from producer_service.bootstrap import Producer
 
 PROG = "producer-service"
 DATABASE_VARIABLE = "PRODUCER_DATABASE_URL"
@@ -54,15 +53,24 @@ EXIT_CODES: ExitCodes = (
 )
 
 _log = get_logger(__name__)
-Command = Callable[[Producer, argparse.Namespace], int]
+Command = Callable[["Producer", argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)  # usage errors exit 2 here, one line
+    if args.command is _health:
+        # Asks the running relay; opening (and upgrading) the database here would be wrong.
+        return run(PROG, _health, EXIT_CODES)
     return run(PROG, lambda: _start(args.command, args), EXIT_CODES)
 
 
 def _start(command: Command, args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `health` (a container healthcheck) needs none of it.
+    import sqlalchemy as sa
+
+    from producer_service.bootstrap import bootstrap
+    from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
+
     database_url = ProducerSettings.from_env(Environment()).database_url
     with naming_the_variable(DATABASE_VARIABLE, database_url):
         producer = bootstrap(Environment())
@@ -135,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only store the events; leave every one to a running relay",
     )
     simulate.set_defaults(command=_simulate)
+    add_health_command(commands, "relay").set_defaults(command=_health)
     return parser
 
 
@@ -202,11 +211,19 @@ def _try_to_publish(producer: Producer, event_id: str) -> bool:
     return producer.outbox.count_published([event_id]) == 1
 
 
+def _health() -> int:
+    return run_health(PROG, ProducerSettings.from_env(Environment()).metrics)
+
+
 def _relay(producer: Producer, args: argparse.Namespace) -> int:
     # A refused login or vhost is configuration: exit 2 now rather than retry forever.
+    from shared import metrics_server
+
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
-    relay = producer.relay(stop)
+    monitoring = producer.monitoring()
+    metrics_server.serve(producer.settings.metrics, monitoring.metrics.registry, monitoring.health)
+    relay = producer.relay(stop, monitoring)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
     freeze_start_up_objects()
     totals = relay.run_once() if args.once else relay.run_forever()
@@ -219,6 +236,8 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
+    from producer_service.progress import terminal_progress
+
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
     # Before the publishing thread opens its connection: a connection replaced later must not

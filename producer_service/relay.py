@@ -104,8 +104,11 @@ class OutboxRelay:
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self._outbox = outbox
+        # Called as the loop goes round (the /livez heartbeat): each pass, batch and wait.
+        self._on_progress = on_progress
         self._connect = connect
         self._settings = settings
         self.stop_requested = stop or threading.Event()
@@ -137,6 +140,7 @@ class OutboxRelay:
         sweeping: Generator[int] | None = None
         try:
             while not self.stop_requested.is_set():
+                self._on_progress()
                 if publisher is None or not publisher.is_open:
                     if publisher is not None:
                         publisher.close()
@@ -249,6 +253,7 @@ class OutboxRelay:
             sent.batch.mark_published(sorted(outcome.published))
             sent.batch.mark_failed(outcome.failed)
         self._report(sent.batch.messages, outcome)
+        self._on_progress()
         totals.published += len(outcome.published)
         totals.failed += len(outcome.failed)
         return outcome.connection_lost
@@ -309,12 +314,14 @@ class OutboxRelay:
 
     def _sleep(self, seconds: float) -> None:
         # Wakes at once when a stop is requested, so SIGTERM during a backoff exits promptly.
+        self._on_progress()
         self.stop_requested.wait(seconds)
 
     def _idle(self, publisher: EventPublisher, seconds: float) -> None:
         # In short slices: a signal sets `stop_requested` but does not interrupt pika's loop.
         deadline = self._clock() + seconds
         while not self.stop_requested.is_set():
+            self._on_progress()
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return

@@ -11,8 +11,10 @@ from shared.settings import (
     BrokerSettings,
     Environment,
     LoggingSettings,
+    MetricsSettings,
     broker_settings,
     logging_settings,
+    metrics_settings,
     sqlite_default_url,
 )
 
@@ -29,6 +31,9 @@ DEFAULT_CONFIRM_TIMEOUT_S = 10.0
 # twice (the worker absorbs the duplicate), never loses one: marks need the claim's token.
 _LEASE_CONFIRM_WAITS = 3
 _LEASE_MARGIN_S = 15.0
+# The relay reports progress at least every 31 s while it waits (the longest wait between two
+# connection attempts, jitter included), plus what one attempt takes: twice that is stuck.
+DEFAULT_LIVENESS_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class ProducerSettings:
     broker: BrokerSettings
     logging: LoggingSettings
     relay: RelaySettings
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Environment) -> ProducerSettings:
@@ -65,6 +71,7 @@ class ProducerSettings:
             broker=broker_settings(env),
             logging=logging_settings(env),
             relay=_relay_settings(env),
+            metrics=metrics_settings(env, liveness_timeout_s=DEFAULT_LIVENESS_TIMEOUT_S),
         )
 
 

@@ -142,3 +142,28 @@ def logging_settings(env: Environment) -> LoggingSettings:
 def sqlite_default_url(file_name: str) -> str:
     """An SQLite database under ./var/, the default for a local run."""
     return f"sqlite:///var/{file_name}"
+
+
+# The metrics endpoint listens on this machine only unless told otherwise: what it shows (queue
+# depths, error counts) is for the operator's Prometheus, not for the network at large.
+DEFAULT_METRICS_ADDRESS: Final = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Where `/metrics`, `/livez` and `/readyz` are served (port 0: not at all), and how long
+    the service's loop may go without progress before `/livez` fails."""
+
+    port: int
+    address: str
+    liveness_timeout_s: float
+
+
+def metrics_settings(env: Environment, *, liveness_timeout_s: float) -> MetricsSettings:
+    """`METRICS_PORT`, `METRICS_ADDRESS` and `LIVENESS_TIMEOUT_S`; the service gives the
+    default of the last, since what counts as stuck depends on its longest legitimate wait."""
+    return MetricsSettings(
+        port=env.port("METRICS_PORT", 0, allow_zero=True),
+        address=env.text("METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+        liveness_timeout_s=env.number("LIVENESS_TIMEOUT_S", liveness_timeout_s, minimum=1.0),
+    )

@@ -6,10 +6,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pika
 import pytest
 
-from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
 from tests.support.producer import (
     COMMAND,
     closed_port_url,
@@ -18,7 +16,9 @@ from tests.support.producer import (
     message_ids,
     outbox_rows,
     producer_env,
+    queue_event,
     run_producer,
+    set_binding,
     start_producer,
 )
 from tests.support.waiting import wait_until
@@ -26,41 +26,17 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
 
-def _queue_event(database_url: str, username: str) -> str:
-    """Register while the broker is 'down', so only the relay can publish the event."""
-    result = run_producer(
-        "register",
-        username,
-        f"{username}@example.com",
-        env=producer_env(closed_port_url(), database_url),
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def _set_binding(amqp_url: str, *, bound: bool) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        if bound:
-            channel.queue_bind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
-        else:
-            channel.queue_unbind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
-    finally:
-        connection.close()
-
-
 def test_a_returned_event_stays_pending_and_is_published_once_routable(
     amqp_url: str, database_url: str
 ) -> None:
     env = producer_env(amqp_url, database_url, RELAY_POLL_INTERVAL_S="0.1")
-    first = _queue_event(database_url, "first")
+    first = queue_event(database_url, "first")
     relay = start_producer("relay", env=env)
     try:
         # The relay declared the topology and published the first event: it is running.
         wait_until(lambda: _published(database_url, first), what="the first event")
-        _set_binding(amqp_url, bound=False)
-        lost = _queue_event(database_url, "lost")
+        set_binding(amqp_url, bound=False)
+        lost = queue_event(database_url, "lost")
 
         wait_until(lambda: _attempts(database_url, lost) >= 1, what="an attempt to publish")
         [row] = [row for row in outbox_rows(database_url) if row.event_id == lost]
@@ -68,7 +44,7 @@ def test_a_returned_event_stays_pending_and_is_published_once_routable(
         assert "returned by the broker" in row.last_error
         assert "NO_ROUTE" in row.last_error
 
-        _set_binding(amqp_url, bound=True)
+        set_binding(amqp_url, bound=True)
         wait_until(lambda: _published(database_url, lost), what="the event to be published")
     finally:
         relay.send_signal(signal.SIGTERM)
@@ -120,7 +96,7 @@ def _attempts(database_url: str, event_id: str) -> int:
 
 
 def test_the_relay_publishes_in_commit_order(amqp_url: str, database_url: str) -> None:
-    queued = [_queue_event(database_url, name) for name in ("first", "second", "third", "fourth")]
+    queued = [queue_event(database_url, name) for name in ("first", "second", "third", "fourth")]
 
     result = run_producer(
         "relay", "--once", env=producer_env(amqp_url, database_url, RELAY_BATCH_SIZE="3")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _LOWEST_PORT = 10_000
@@ -39,3 +41,12 @@ def free_port() -> int:
                 continue  # taken: try another
             return port
     raise RuntimeError(f"no free port between {_LOWEST_PORT} and {highest}")
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A port something listens on (and accepts nothing from) for the block."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield int(listener.getsockname()[1])

@@ -18,7 +18,7 @@ import pika
 import sqlalchemy as sa
 
 from shared.database import create_database_engine
-from shared.topology import QUEUE
+from shared.topology import EXCHANGE, QUEUE, ROUTING_KEY
 
 COMMAND = "producer-service"
 
@@ -57,6 +57,33 @@ def start_producer(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def queue_event(database_url: str, username: str) -> str:
+    """Register while the broker is 'down', so only the relay can publish the event; returns
+    the event id."""
+    result = run_producer(
+        "register",
+        username,
+        f"{username}@example.com",
+        env=producer_env(closed_port_url(), database_url),
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def set_binding(amqp_url: str, *, bound: bool) -> None:
+    """Bind or unbind the worker's queue from the events exchange: unbound, every event the
+    relay publishes is returned as unroutable."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        if bound:
+            channel.queue_bind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
+        else:
+            channel.queue_unbind(QUEUE, EXCHANGE, routing_key=ROUTING_KEY)
+    finally:
+        connection.close()
 
 
 def closed_port_url() -> str:

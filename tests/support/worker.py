@@ -105,6 +105,17 @@ def dead_letters(amqp_url: str) -> list[QueuedMessage]:
     return peek(amqp_url, topology.DEAD_LETTER_QUEUE)
 
 
+def patient_smtp(timeout_s: int) -> dict[str, str]:
+    """Settings for a worker that waits up to `timeout_s` for every SMTP reply, the final dot's
+    included, with the shortest claim lease the worker accepts for that."""
+    return {
+        "SMTP_TIMEOUT_S": str(timeout_s),
+        "SMTP_FINAL_REPLY_TIMEOUT_S": str(timeout_s),
+        # At least 11 x SMTP_TIMEOUT_S + SMTP_FINAL_REPLY_TIMEOUT_S.
+        "WORKER_CLAIM_LEASE_S": str(12 * timeout_s),
+    }
+
+
 def worker_environment(
     amqp_url: str, smtp_env: Mapping[str, str], database_path: Path, **extra: str
 ) -> dict[str, str]:
@@ -133,6 +144,7 @@ class WorkerProcess:
     """`email-consumer run` in a subprocess, its log (stderr) written to a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
         self.log_path = log_path
         self._log_file = log_path.open("ab")
         self.process = subprocess.Popen(

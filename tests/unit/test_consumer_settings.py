@@ -19,8 +19,8 @@ def test_defaults_serve_a_local_run() -> None:
     assert settings.database_url == "sqlite:///var/email_consumer.sqlite3"
     assert settings.retry.broker_delays_s == DEFAULT_RETRY_DELAYS_S
     assert settings.worker.prefetch == 3 * settings.worker.concurrency
-    assert settings.metrics_port == 0
-    assert settings.metrics_address == "0.0.0.0"
+    assert settings.metrics.port == 0
+    assert settings.metrics.address == "127.0.0.1"
     assert settings.worker.processed_retention_s == 30 * 24 * 3600
 
 
@@ -41,7 +41,7 @@ def test_worker_and_retry_variables_are_read() -> None:
     assert settings.retry.broker_delays_s == (1, 2)
     assert settings.retry.attempts == 2
     assert settings.smtp.starttls is True
-    assert settings.metrics_port == 9100
+    assert settings.metrics.port == 9100
 
 
 @pytest.mark.parametrize(
@@ -177,5 +177,11 @@ def test_a_login_with_starttls_to_a_remote_server_is_allowed() -> None:
 
 
 def test_the_metrics_address_is_configurable() -> None:
-    settings = ConsumerSettings.from_env(Environment({"METRICS_ADDRESS": "127.0.0.1"}))
-    assert settings.metrics_address == "127.0.0.1"
+    settings = ConsumerSettings.from_env(Environment({"METRICS_ADDRESS": "0.0.0.0"}))
+    assert settings.metrics.address == "0.0.0.0"
+
+
+def test_a_stuck_worker_is_one_past_its_claim_lease_unless_told() -> None:
+    assert ConsumerSettings.from_env(Environment({})).metrics.liveness_timeout_s == 900
+    told = ConsumerSettings.from_env(Environment({"LIVENESS_TIMEOUT_S": "5"}))
+    assert told.metrics.liveness_timeout_s == 5

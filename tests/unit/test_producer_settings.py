@@ -40,7 +40,17 @@ def test_every_variable_read_is_a_producer_relay_or_shared_one() -> None:
     assert (settings.relay.retention_s, settings.relay.confirm_timeout_s) == (0, 5.0)
     own = {name for name in env.names_read if name.startswith(("PRODUCER_", "RELAY_"))}
     shared = env.names_read - own
-    assert all(name.startswith(("AMQP_", "LOG_")) for name in shared), shared
+    # METRICS_PORT, METRICS_ADDRESS and LIVENESS_TIMEOUT_S: the endpoint both services serve.
+    assert all(name.startswith(("AMQP_", "LOG_", "METRICS_", "LIVENESS_")) for name in shared), (
+        shared
+    )
+
+
+def test_the_relay_serves_nothing_unless_told_and_then_on_loopback() -> None:
+    metrics = ProducerSettings.from_env(Environment({})).metrics
+    assert (metrics.port, metrics.address, metrics.liveness_timeout_s) == (0, "127.0.0.1", 120)
+    told = ProducerSettings.from_env(Environment({"METRICS_PORT": "9100"})).metrics
+    assert told.port == 9100
 
 
 @pytest.mark.parametrize(
