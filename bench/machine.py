@@ -53,25 +53,17 @@ def load_average() -> list[float]:
 def _commit() -> str | None:
     """The checked-out commit, "+" when the work tree has changes: a figure names its code."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=_REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=_REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None  # not a git checkout (an installed copy): the figures still stand
     return f"{head}+" if changed else head
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=_REPO, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
 
 
 def _version(name: str) -> str | None:

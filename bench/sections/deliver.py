@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.delivery_runs import (
@@ -153,8 +154,8 @@ def _figures(
 def _rates(
     results: dict[str, DeliveryResult], suffix: str, where: str, baseline: str
 ) -> list[Figure]:
-    """The three systems' rates for one setting; the peers' ratio is to `baseline` only where
-    it is the ideal (a peer is not compared with another peer)."""
+    """The three systems' rates for one setting, each as a ratio to `baseline` (the ideal, or
+    Dramatiq's rate into the instant sink, which has no ideal)."""
     found = []
     for system in SYSTEMS:
         key = f"{system}_{suffix}"
@@ -193,11 +194,11 @@ def _one_run(
                 workdir / f"consumer-{setting.suffix}.sqlite3",
                 log_level,
             )
-            starter = lambda: start_worker(env, workdir, name)  # noqa: E731
+            starter = partial(start_worker, env, workdir, name)
         elif system == "dramatiq":
             preload_dramatiq_queue(url, count, tag=f"d{setting.suffix}")
-            starter = lambda: start_dramatiq(url, sink, setting.concurrency, workdir, name)  # noqa: E731
+            starter = partial(start_dramatiq, url, sink, setting.concurrency, workdir, name)
         else:
             preload_faststream_queue(url, count, tag=f"f{setting.suffix}")
-            starter = lambda: start_faststream(url, sink, setting.concurrency, workdir, name)  # noqa: E731
+            starter = partial(start_faststream, url, sink, setting.concurrency, workdir, name)
         return measure(starter, sink, count, sizes.warmup_fraction, timeout_s)

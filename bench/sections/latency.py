@@ -29,7 +29,7 @@ from bench.broker_setup import declare_contract_topology
 from bench.delivery_runs import start_dramatiq, start_faststream, start_worker, worker_environment
 from bench.dramatiq_peer import build_actor
 from bench.percentiles import PERCENTILES, pooled, summarise
-from bench.processes import Service, python_command, run_to_end
+from bench.processes import python_command, run_to_end
 from bench.relay_run import producer_environment, start_relay
 from bench.results import Figure, Section
 from bench.sink import SmtpSink
@@ -77,8 +77,8 @@ def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
     series: dict[str, list[LatencyRun]] = {"ours": [], "light": [], **{p: [] for p in PEERS}}
     for repeat in range(sizes.latency_repeats):
         series["ours"].append(_measure(sizes, workdir, log_level, f"default-{repeat}"))
-        series["dramatiq"].append(_measure_dramatiq(sizes, workdir, repeat))
-        series["faststream"].append(_measure_faststream(sizes, workdir, repeat))
+        for peer in PEERS:
+            series[peer].append(_measure_peer(sizes, workdir, peer, repeat))
         series["light"].append(_measure(light_sizes, workdir, log_level, f"light-{repeat}"))
     for name, runs in series.items():
         section.parameters[name] = [
@@ -206,75 +206,56 @@ def _simulate(
     run_to_end(f"simulate-latency-{name}", command, env, workdir, timeout_s)
 
 
-def _measure_dramatiq(sizes: Sizes, workdir: Path, repeat: int) -> LatencyRun:
-    """Dramatiq at the same rate: `send` paced in this process, its worker in another."""
+@contextmanager
+def _dramatiq_sender(url: str) -> Iterator[Send]:
+    """Dramatiq's `send`, waiting for its confirm."""
+    actor = build_actor(url, confirm_delivery=True)
+    try:
+        yield actor.send
+    finally:
+        actor.broker.close()
 
-    @contextmanager
-    def sender(url: str) -> Iterator[Send]:
-        actor = build_actor(url, confirm_delivery=True)
+
+@contextmanager
+def _faststream_sender(url: str) -> Iterator[Send]:
+    """FastStream's `await publish`: the event loop runs for each publish, to its confirm."""
+    loop = asyncio.new_event_loop()
+    try:
+        broker = loop.run_until_complete(faststream_peer.open_publisher(url))
         try:
-            yield actor.send
+            yield lambda document: loop.run_until_complete(
+                faststream_peer.publish(broker, document)
+            )
         finally:
-            actor.broker.close()
-
-    return _measure_peer(
-        sizes,
-        lambda url, sink: start_dramatiq(
-            url, sink, sizes.concurrency, workdir, f"dramatiq-latency-{repeat}"
-        ),
-        sender,
-        tag="dlat",
-    )
+            loop.run_until_complete(broker.stop())
+    finally:
+        loop.close()
 
 
-def _measure_faststream(sizes: Sizes, workdir: Path, repeat: int) -> LatencyRun:
-    """FastStream at the same rate: `await publish` paced in this process, its subscriber (a
-    prefetch of `concurrency`) in another. The loop runs for each publish, to its confirm."""
-
-    @contextmanager
-    def sender(url: str) -> Iterator[Send]:
-        loop = asyncio.new_event_loop()
-        try:
-            broker = loop.run_until_complete(faststream_peer.open_publisher(url))
-            try:
-                yield lambda document: loop.run_until_complete(
-                    faststream_peer.publish(broker, document)
-                )
-            finally:
-                loop.run_until_complete(broker.stop())
-        finally:
-            loop.close()
-
-    return _measure_peer(
-        sizes,
-        lambda url, sink: start_faststream(
-            url, sink, sizes.concurrency, workdir, f"faststream-latency-{repeat}"
-        ),
-        sender,
-        tag="flat",
-    )
+_SENDERS: dict[str, Callable[[str], AbstractContextManager[Send]]] = {
+    "dramatiq": _dramatiq_sender,
+    "faststream": _faststream_sender,
+}
+_STARTERS = {"dramatiq": start_dramatiq, "faststream": start_faststream}
 
 
-def _measure_peer(
-    sizes: Sizes,
-    start_peer: Callable[[str, SmtpSink], AbstractContextManager[Service]],
-    open_sender: Callable[[str], AbstractContextManager[Send]],
-    *,
-    tag: str,
-) -> LatencyRun:
+def _measure_peer(sizes: Sizes, workdir: Path, peer: str, repeat: int) -> LatencyRun:
+    """A peer at the same rate: its publish paced in this process, its worker (at the same
+    concurrency as ours) in another."""
     count = sizes.latency_events
-    documents = [payload(event) for event in make_events(count + _WARMUP, tag=tag)]
+    documents = [payload(event) for event in make_events(count + _WARMUP, tag=f"{peer}lat")]
     sent_at: dict[str, float] = {}
     timeout_s = _timeout_s(sizes)
+    name = f"{peer}-latency-{repeat}"
     with (
         private_vhost("bench-latency") as url,
         SmtpSink() as sink,
-        open_sender(url) as send,
-        start_peer(url, sink) as peer,
+        _SENDERS[peer](url) as send,
+        _STARTERS[peer](url, sink, sizes.concurrency, workdir, name) as worker,
     ):
         for document in documents[:_WARMUP]:
             send(document)
-        sink.wait_for(_WARMUP, timeout_s, alive=peer.check_alive)
+        sink.wait_for(_WARMUP, timeout_s, alive=worker.check_alive)
         sink.take()
         started = time.monotonic()
         for number, document in enumerate(documents[_WARMUP:]):
@@ -283,7 +264,7 @@ def _measure_peer(
                 time.sleep(pause)
             sent_at[document["event_id"]] = time.time()
             send(document)
-        sink.wait_for(count, timeout_s, alive=peer.check_alive)
+        sink.wait_for(count, timeout_s, alive=worker.check_alive)
         records = sink.take()
     return _latencies(
         [(sent_at[r.event_id], r.accepted_at) for r in records if r.event_id in sent_at],
