@@ -18,7 +18,9 @@ import pytest
 
 from tests.support.broker import REPO_ROOT
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# The smoke run starts some forty processes (every section, three systems, each setting): on
+# two cores shared with other runs that takes longer than the suite's default 300 s per test.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 PEERS = ("dramatiq", "faststream")
 SYSTEMS = (*PEERS, "worker")
@@ -95,7 +97,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=480,
+        timeout=840,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
