@@ -1,12 +1,15 @@
 """One delivery run: a queue filled beforehand, a worker started, emails counted at the sink.
 
-Both the project's worker and the Dramatiq peer are measured the same way: the events are
-already in the queue when the worker starts, so the figure is how fast the worker empties it.
-The first share of the emails (start-up, connections being opened) is left out of the rate.
+The project's worker and the peers (Dramatiq, FastStream) are all measured the same way: the
+events are already in the queue when the worker starts, so the figure is how fast the worker
+empties it. The first share of the emails (start-up, connections being opened) is left out of
+the rate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,12 +19,15 @@ from pathlib import Path
 import dramatiq
 import pika
 
+from bench import faststream_peer
 from bench.broker_setup import declare_contract_topology
 from bench.dramatiq_peer import ACTOR_NAME, QUEUE_NAME, build_actor
 from bench.pipelined import publish_pipelined
 from bench.processes import Service, process_tree_cpu_s, python_command, running
 from bench.sink import Accepted, SmtpSink
 from bench.workload import make_events, payload, wire_messages
+from email_consumer.settings import consumer_settings
+from shared.settings import Environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,18 +54,26 @@ def rate_after_warmup(records: list[Accepted], warmup_fraction: float) -> float:
 
 
 def worker_environment(
-    amqp_url: str, sink: SmtpSink, concurrency: int, database: Path, log_level: str
+    amqp_url: str, sink: SmtpSink, concurrency: int | None, database: Path, log_level: str
 ) -> dict[str, str]:
-    """The variables the worker reads (CONTRACT.md and email_consumer/settings.py)."""
-    return {
+    """The variables the worker reads (CONTRACT.md and email_consumer/settings.py); with
+    `concurrency` None, WORKER_CONCURRENCY is left to its default."""
+    env = {
         "AMQP_URL": amqp_url,
         **sink.environment(),
         "CONSUMER_DATABASE_URL": f"sqlite:///{database}",
-        "WORKER_CONCURRENCY": str(concurrency),
         "LOG_LEVEL": log_level,
         "LOG_FORMAT": "json",
         "METRICS_PORT": "0",
     }
+    if concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(concurrency)
+    return env
+
+
+def worker_default_concurrency() -> int:
+    """WORKER_CONCURRENCY when it is not set, as the worker's own settings read it."""
+    return consumer_settings(Environment({})).worker.concurrency
 
 
 def preload_worker_queue(amqp_url: str, count: int, tag: str) -> None:
@@ -94,29 +108,55 @@ def preload_dramatiq_queue(amqp_url: str, count: int, tag: str) -> None:
         publish_pipelined(amqp_url, messages, exchange="", routing_key=QUEUE_NAME)
 
 
+def preload_faststream_queue(amqp_url: str, count: int, tag: str) -> None:
+    """FastStream's JSON messages in its queue: the queue declared through FastStream, the
+    messages pipelined (only consuming is measured here)."""
+
+    async def declare() -> None:
+        broker = await faststream_peer.open_publisher(amqp_url)
+        await broker.stop()
+
+    asyncio.run(declare())
+    properties = pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
+    )
+    messages = [
+        (json.dumps(payload(event)).encode(), properties) for event in make_events(count, tag=tag)
+    ]
+    publish_pipelined(amqp_url, messages, exchange="", routing_key=faststream_peer.QUEUE_NAME)
+
+
 def start_worker(env: dict[str, str], log_dir: Path, name: str) -> AbstractContextManager[Service]:
     return running(name, python_command("email_consumer", "run"), env, log_dir)
 
 
 def start_dramatiq(
-    amqp_url: str, sink: SmtpSink, concurrency: int, log_dir: Path, name: str
+    amqp_url: str, sink: SmtpSink, concurrency: int | None, log_dir: Path, name: str
 ) -> AbstractContextManager[Service]:
+    """The Dramatiq command: one process of `concurrency` threads, or, with None, as it starts
+    with no options (a process per CPU, eight threads each)."""
     env = {
         "BENCH_AMQP_URL": amqp_url,
         **sink.environment(),
         "PYTHONPATH": str(REPO_ROOT),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "bench.dramatiq_peer:configure",
-        "--processes",
-        "1",
-        "--threads",
-        str(concurrency),
-    ]
+    command = [sys.executable, "-m", "dramatiq", "bench.dramatiq_peer:configure"]
+    if concurrency is not None:
+        command += ["--processes", "1", "--threads", str(concurrency)]
     return running(name, command, env, log_dir)
+
+
+def start_faststream(
+    amqp_url: str, sink: SmtpSink, concurrency: int | None, log_dir: Path, name: str
+) -> AbstractContextManager[Service]:
+    """The FastStream subscriber: a prefetch of `concurrency`, or, with None, its default (none)."""
+    env = {
+        "BENCH_AMQP_URL": amqp_url,
+        **sink.environment(),
+        "BENCH_PREFETCH": "" if concurrency is None else str(concurrency),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    return running(name, python_command("bench.faststream_peer"), env, log_dir)
 
 
 def measure(

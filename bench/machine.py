@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -11,12 +12,25 @@ from typing import Any
 
 import pika
 
-_PACKAGES = ("pika", "dramatiq", "celery", "kombu", "SQLAlchemy", "aiosmtpd", "rabbit-welcome")
+_PACKAGES = (
+    "pika",
+    "dramatiq",
+    "celery",
+    "kombu",
+    "faststream",
+    "aio-pika",
+    "aiosmtplib",
+    "SQLAlchemy",
+    "aiosmtpd",
+    "rabbit-welcome",
+)
+_REPO = Path(__file__).resolve().parents[1]
 
 
 def describe(amqp_url: str) -> dict[str, Any]:
     return {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "memory_gib": _memory_gib(),
@@ -34,6 +48,22 @@ def load_average() -> list[float]:
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:
         return []
+
+
+def _commit() -> str | None:
+    """The checked-out commit, "+" when the work tree has changes: a figure names its code."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed copy): the figures still stand
+    return f"{head}+" if changed else head
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=_REPO, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
 
 
 def _version(name: str) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.results import Section, Target
+from bench.results import Figure, Section, Target
 
 
 def _number(value: float | None, unit: str = "") -> str:
@@ -24,23 +24,33 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _spread(figure: Figure) -> str:
+    """Lowest and highest over repeated runs, for a figure that is their median."""
+    if figure.spread is None:
+        return ""
+    low, high = figure.spread
+    return f"{_number(low, figure.unit)} to {_number(high, figure.unit)}"
+
+
 def figures_table(sections: dict[str, Section]) -> Table:
     table = Table(title="rabbit-welcome benchmark", show_lines=False)
     table.add_column("section")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    table.add_column("min to max", justify="right")
     table.add_column("unit")
     table.add_column("ratio", justify="right")
     table.add_column("ratio to")
     for name, section in sections.items():
         if section.error:
-            table.add_row(name, f"[red]failed: {section.error}[/red]", "", "", "", "")
+            table.add_row(name, f"[red]failed: {section.error}[/red]", "", "", "", "", "")
             continue
         for figure in section.figures:
             table.add_row(
                 name,
                 figure.label,
                 _number(figure.value, figure.unit),
+                _spread(figure),
                 figure.unit,
                 _ratio(figure.ratio),
                 figure.baseline or "",
@@ -84,17 +94,18 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 def markdown(sections: dict[str, Section], targets: list[Target]) -> str:
     """The same two tables in Markdown, for docs/PERFORMANCE.md."""
     lines = [
-        "| section | figure | value | unit | ratio | ratio to |",
-        "| --- | --- | ---: | --- | ---: | --- |",
+        "| section | figure | value | min to max | unit | ratio | ratio to |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- |",
     ]
     for name, section in sections.items():
         if section.error:
-            lines.append(f"| {name} | failed: {section.error} | | | | |")
+            lines.append(f"| {name} | failed: {section.error} | | | | | |")
             continue
         for figure in section.figures:
             lines.append(
                 f"| {name} | {figure.label} | {_number(figure.value, figure.unit)} | "
-                f"{figure.unit} | {_ratio(figure.ratio)} | {figure.baseline or ''} |"
+                f"{_spread(figure)} | {figure.unit} | {_ratio(figure.ratio)} | "
+                f"{figure.baseline or ''} |"
             )
     lines += ["", "| target | measured | met |", "| --- | ---: | --- |"]
     for target in targets:

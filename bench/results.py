@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Comparison = Literal["at_least", "above", "below"]
+Comparison = Literal["at_least", "above", "below", "at_most"]
 
 
 @dataclass
@@ -23,6 +23,8 @@ class Figure:
     ratio: float | None = None
     what: str = ""
     """What exactly was measured, in one sentence (for the JSON reader and the docs)."""
+    spread: list[float] | None = None
+    """[lowest, highest] over repeated runs, when `value` is their median."""
 
 
 @dataclass
@@ -45,10 +47,15 @@ class Section:
     parameters: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    """Raw measurements the charts draw (latencies in ms, by series); not written to the JSON."""
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
         return figure
+
+    def add_all(self, figures: list[Figure]) -> None:
+        self.figures.extend(figures)
 
     def figure(self, key: str) -> Figure | None:
         return next((f for f in self.figures if f.key == key), None)
@@ -81,6 +88,8 @@ def evaluate(target: Target, sections: dict[str, Section]) -> Target:
             target.met = measured >= target.threshold
         elif target.comparison == "above":
             target.met = measured > target.threshold
+        elif target.comparison == "at_most":
+            target.met = measured <= target.threshold
         else:
             target.met = measured < target.threshold
     return target

@@ -23,17 +23,12 @@ _HTML = (
 )
 
 
-class WelcomeSender:
-    """Renders and sends welcome emails; safe to call from many threads at once."""
+class WelcomeRenderer:
+    """The welcome email of an event, as the worker renders it; holds no connection."""
 
-    def __init__(self, smtp_host: str, smtp_port: int, timeout_s: float = 10.0) -> None:
-        self._host = smtp_host
-        self._port = smtp_port
-        self._timeout_s = timeout_s
-        self._local = threading.local()
-        templates = Environment(autoescape=True)
+    def __init__(self) -> None:
         self._text = Environment(autoescape=False).from_string(_TEXT)  # noqa: S701 - plain text
-        self._html = templates.from_string(_HTML)
+        self._html = Environment(autoescape=True).from_string(_HTML)
 
     def render(self, event: dict[str, Any]) -> EmailMessage:
         data = event["data"]
@@ -49,6 +44,20 @@ class WelcomeSender:
             self._html.render(name=name, username=data["username"]), subtype="html"
         )
         return message
+
+
+class WelcomeSender:
+    """Renders and sends welcome emails; safe to call from many threads at once."""
+
+    def __init__(self, smtp_host: str, smtp_port: int, timeout_s: float = 10.0) -> None:
+        self._host = smtp_host
+        self._port = smtp_port
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+        self._renderer = WelcomeRenderer()
+
+    def render(self, event: dict[str, Any]) -> EmailMessage:
+        return self._renderer.render(event)
 
     def send(self, event: dict[str, Any]) -> None:
         message = self.render(event)

@@ -1,159 +1,204 @@
-"""Delivering: welcome emails per second into the SMTP sink, the worker beside Dramatiq.
+"""Delivering: welcome emails per second into the SMTP sink, the worker beside Dramatiq and
+FastStream.
 
-Four runs, each in a vhost of its own with the queue filled beforehand: the worker and the
-Dramatiq actor, each into an instant sink and into one that takes `sink_latency_s` per message
-(as a remote mail server does). With that latency the most any pool of `concurrency` can do is
-`concurrency / sink_latency_s`: the ideal.
+Each run is in a vhost of its own with the queue filled beforehand. Three settings, each run for
+all three systems one after the other (so that a slow minute of the machine hits them alike):
+
+* equal concurrency (`concurrency`: WORKER_CONCURRENCY, Dramatiq's threads in one process,
+  FastStream's prefetch), into an instant sink: the CPU per email is read here;
+* the same, into a sink that takes `sink_latency_s` per message (as a remote mail server does).
+  The most any pool of `concurrency` can do then is `concurrency / sink_latency_s`: the ideal;
+* each system at its own defaults, into the slow sink: the worker with no WORKER_CONCURRENCY,
+  the Dramatiq command with no options (a process per CPU, eight threads each), FastStream with
+  no prefetch (every message in the queue in flight at once).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.delivery_runs import (
     DeliveryResult,
     measure,
     preload_dramatiq_queue,
+    preload_faststream_queue,
     preload_worker_queue,
     start_dramatiq,
+    start_faststream,
     start_worker,
+    worker_default_concurrency,
     worker_environment,
 )
+from bench.processes import Service
 from bench.results import Figure, Section
 from bench.sink import SmtpSink
 from bench.sizes import Sizes
 from bench.vhost import private_vhost
+
+SYSTEMS = ("dramatiq", "faststream", "worker")
+_NAMES = {"dramatiq": "Dramatiq actor", "faststream": "FastStream subscriber"}
+_OURS = "email-consumer run"
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    suffix: str
+    """What the figures' keys end with: instant, 50ms, defaults_50ms."""
+    latency_s: float
+    concurrency: int | None
+    """None: each system at its own default."""
 
 
 def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
     section = Section("deliver")
     count = sizes.deliver_events
     latency_ms = round(sizes.sink_latency_s * 1000)
+    slow = f"{latency_ms}ms"
+    default_concurrency = worker_default_concurrency()
     section.parameters = {
         "events": count,
         "concurrency": sizes.concurrency,
         "sink_latency_ms": latency_ms,
         "warmup_fraction": sizes.warmup_fraction,
         "worker_log_level": log_level,
+        "defaults": {
+            "worker": f"WORKER_CONCURRENCY={default_concurrency} (unset)",
+            "dramatiq": f"{os.cpu_count()} processes x 8 threads (no options)",
+            "faststream": "no prefetch limit (default Channel)",
+        },
         "runs": {},
     }
+    settings = (
+        _Setting("instant", 0.0, sizes.concurrency),
+        _Setting(slow, sizes.sink_latency_s, sizes.concurrency),
+        _Setting(f"defaults_{slow}", sizes.sink_latency_s, None),
+    )
+    results: dict[str, DeliveryResult] = {}
     with SmtpSink() as sink:
-        results: dict[str, DeliveryResult] = {}
-        for latency_s, suffix in ((0.0, "instant"), (sizes.sink_latency_s, f"{latency_ms}ms")):
-            sink.set_latency(latency_s)
+        for setting in settings:
+            sink.set_latency(setting.latency_s)
             # Generous: a run that is stuck must fail, a slow machine must not.
-            timeout_s = 120 + count * max(latency_s, 0.005) * 4
-            results[f"worker_{suffix}"] = _worker_run(
-                sink, sizes, workdir, log_level, timeout_s, suffix
-            )
-            results[f"dramatiq_{suffix}"] = _dramatiq_run(sink, sizes, workdir, timeout_s, suffix)
-        section.parameters["runs"] = {
-            name: {
-                "delivered": r.delivered,
-                "cpu_ms_per_email": round(r.cpu_ms_per_email, 3),
-                "distinct_event_ids": r.distinct,
-                "exit_code_after_sigterm": r.exit_code,
-            }
-            for name, r in results.items()
+            timeout_s = 120 + count * max(setting.latency_s, 0.005) * 4
+            for system in SYSTEMS:
+                key = f"{system}_{setting.suffix}"
+                results[key] = _one_run(system, setting, sink, sizes, workdir, log_level, timeout_s)
+    section.parameters["runs"] = {
+        name: {
+            "delivered": r.delivered,
+            "cpu_ms_per_email": round(r.cpu_ms_per_email, 3),
+            "distinct_event_ids": r.distinct,
+            "exit_code_after_sigterm": r.exit_code,
         }
-
-    slow = f"{latency_ms}ms"
-    section.add(
-        Figure(
-            "dramatiq_instant",
-            "Dramatiq actor, instant sink",
-            results["dramatiq_instant"].emails_per_s,
-            "emails/s",
-            what=f"Dramatiq worker, 1 process, {sizes.concurrency} threads; render + smtplib",
-        )
-    )
-    section.add(
-        Figure(
-            "worker_instant",
-            "email-consumer run, instant sink",
-            results["worker_instant"].emails_per_s,
-            "emails/s",
-            baseline="dramatiq_instant",
-            what=f"the worker, WORKER_CONCURRENCY={sizes.concurrency}; queue filled beforehand",
-        )
-    )
-    section.add(
-        Figure(
-            f"ideal_{slow}",
-            f"ideal with a {latency_ms} ms sink",
-            sizes.concurrency / sizes.sink_latency_s,
-            "emails/s",
-            what="concurrency divided by the sink's per-message latency",
-        )
-    )
-    section.add(
-        Figure(
-            f"dramatiq_{slow}",
-            f"Dramatiq actor, {latency_ms} ms sink",
-            results[f"dramatiq_{slow}"].emails_per_s,
-            "emails/s",
-            baseline=f"ideal_{slow}",
-            what=f"as above, the sink taking {latency_ms} ms per message",
-        )
-    )
-    section.add(
-        Figure(
-            f"worker_{slow}",
-            f"email-consumer run, {latency_ms} ms sink",
-            results[f"worker_{slow}"].emails_per_s,
-            "emails/s",
-            baseline=f"ideal_{slow}",
-            what=f"as above, the sink taking {latency_ms} ms per message",
-        )
-    )
-    section.add(
-        Figure(
-            "dramatiq_cpu_per_email",
-            "Dramatiq actor, CPU per email",
-            results["dramatiq_instant"].cpu_ms_per_email,
-            "ms",
-            what="CPU time (user+system) of the Dramatiq processes per email, instant sink",
-        )
-    )
-    section.add(
-        Figure(
-            "worker_cpu_per_email",
-            "email-consumer run, CPU per email",
-            results["worker_instant"].cpu_ms_per_email,
-            "ms",
-            baseline="dramatiq_cpu_per_email",
-            what="CPU time (user+system) of the worker process per email, instant sink",
-        )
-    )
+        for name, r in results.items()
+    }
+    for figure in _figures(results, sizes, default_concurrency):
+        section.add(figure)
     return section
 
 
-def _worker_run(
-    sink: SmtpSink, sizes: Sizes, workdir: Path, log_level: str, timeout_s: float, suffix: str
-) -> DeliveryResult:
-    with private_vhost("bench-deliver") as url:
-        preload_worker_queue(url, sizes.deliver_events, tag=f"w{suffix}")
-        env = worker_environment(
-            url, sink, sizes.concurrency, workdir / f"consumer-{suffix}.sqlite3", log_level
+def _figures(
+    results: dict[str, DeliveryResult], sizes: Sizes, default_concurrency: int
+) -> list[Figure]:
+    latency_ms = round(sizes.sink_latency_s * 1000)
+    slow = f"{latency_ms}ms"
+    equal = f"{sizes.concurrency} at once"
+    figures = [
+        *_rates(results, "instant", f"{equal}, instant sink", "dramatiq_instant"),
+        Figure(
+            f"ideal_{slow}",
+            f"ideal, {equal}, {latency_ms} ms sink",
+            sizes.concurrency / sizes.sink_latency_s,
+            "emails/s",
+            what="concurrency divided by the sink's per-message latency",
+        ),
+        *_rates(results, slow, f"{equal}, {latency_ms} ms sink", f"ideal_{slow}"),
+        Figure(
+            f"ideal_defaults_{slow}",
+            f"ideal of the worker's default ({default_concurrency}), {latency_ms} ms sink",
+            default_concurrency / sizes.sink_latency_s,
+            "emails/s",
+            what="the worker's default WORKER_CONCURRENCY divided by the sink's latency",
+        ),
+    ]
+    for system in SYSTEMS:
+        key = f"defaults_{slow}"
+        figures.append(
+            Figure(
+                f"{system}_{key}",
+                f"{_NAMES.get(system, _OURS)}, its defaults, {latency_ms} ms sink",
+                results[f"{system}_{key}"].emails_per_s,
+                "emails/s",
+                baseline=None if system != "worker" else f"dramatiq_{key}",
+                what="as started with no concurrency setting: see parameters.defaults",
+            )
         )
-        return measure(
-            lambda: start_worker(env, workdir, f"worker-{suffix}"),
-            sink,
-            sizes.deliver_events,
-            sizes.warmup_fraction,
-            timeout_s,
+    for system in SYSTEMS:
+        figures.append(
+            Figure(
+                f"{system}_cpu_per_email",
+                f"{_NAMES.get(system, _OURS)}, CPU per email",
+                results[f"{system}_instant"].cpu_ms_per_email,
+                "ms",
+                baseline=None if system != "worker" else "dramatiq_cpu_per_email",
+                what=f"CPU time (user+system) of the process tree per email, instant sink, {equal}",
+            )
         )
+    return figures
 
 
-def _dramatiq_run(
-    sink: SmtpSink, sizes: Sizes, workdir: Path, timeout_s: float, suffix: str
-) -> DeliveryResult:
-    with private_vhost("bench-deliver") as url:
-        preload_dramatiq_queue(url, sizes.deliver_events, tag=f"d{suffix}")
-        return measure(
-            lambda: start_dramatiq(url, sink, sizes.concurrency, workdir, f"dramatiq-{suffix}"),
-            sink,
-            sizes.deliver_events,
-            sizes.warmup_fraction,
-            timeout_s,
+def _rates(
+    results: dict[str, DeliveryResult], suffix: str, where: str, baseline: str
+) -> list[Figure]:
+    """The three systems' rates for one setting, each as a ratio to `baseline` (the ideal, or
+    Dramatiq's rate into the instant sink, which has no ideal)."""
+    found = []
+    for system in SYSTEMS:
+        key = f"{system}_{suffix}"
+        found.append(
+            Figure(
+                key,
+                f"{_NAMES.get(system, _OURS)}, {where}",
+                results[key].emails_per_s,
+                "emails/s",
+                baseline=baseline if baseline != key else None,
+                what="queue filled beforehand; render + SMTP (smtplib, aiosmtplib for FastStream)",
+            )
         )
+    return found
+
+
+def _one_run(
+    system: str,
+    setting: _Setting,
+    sink: SmtpSink,
+    sizes: Sizes,
+    workdir: Path,
+    log_level: str,
+    timeout_s: float,
+) -> DeliveryResult:
+    count = sizes.deliver_events
+    name = f"{system}-{setting.suffix}"
+    with private_vhost("bench-deliver") as url:
+        starter: Callable[[], AbstractContextManager[Service]]
+        if system == "worker":
+            preload_worker_queue(url, count, tag=f"w{setting.suffix}")
+            env = worker_environment(
+                url,
+                sink,
+                setting.concurrency,
+                workdir / f"consumer-{setting.suffix}.sqlite3",
+                log_level,
+            )
+            starter = partial(start_worker, env, workdir, name)
+        elif system == "dramatiq":
+            preload_dramatiq_queue(url, count, tag=f"d{setting.suffix}")
+            starter = partial(start_dramatiq, url, sink, setting.concurrency, workdir, name)
+        else:
+            preload_faststream_queue(url, count, tag=f"f{setting.suffix}")
+            starter = partial(start_faststream, url, sink, setting.concurrency, workdir, name)
+        return measure(starter, sink, count, sizes.warmup_fraction, timeout_s)
