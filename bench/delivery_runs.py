@@ -26,7 +26,7 @@ from bench.pipelined import publish_pipelined
 from bench.processes import Service, process_tree_cpu_s, python_command, running
 from bench.sink import Accepted, SmtpSink
 from bench.workload import make_events, payload, wire_messages
-from email_consumer.settings import consumer_settings
+from email_consumer.settings import ConsumerSettings
 from shared.settings import Environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def worker_environment(
 
 def worker_default_concurrency() -> int:
     """WORKER_CONCURRENCY when it is not set, as the worker's own settings read it."""
-    return consumer_settings(Environment({})).worker.concurrency
+    return ConsumerSettings.from_env(Environment({})).worker.concurrency
 
 
 def preload_worker_queue(amqp_url: str, count: int, tag: str) -> None:
