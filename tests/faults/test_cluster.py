@@ -69,14 +69,30 @@ def cluster_stack(
         system.stop_all()
 
 
-def _stream(stack: Stack, count: int, rate: int) -> tuple[Service, Service, Service]:
+def _services(stack: Stack, cluster: RabbitCluster) -> tuple[Service, Service]:
+    """The relay and the worker, started and connected to some member."""
     relay = stack.start_relay()
     worker = stack.start_worker()
+    stack.wait_for(
+        lambda: (
+            bool(cluster.nodes_used_by(worker.process.pid))
+            and bool(cluster.nodes_used_by(relay.process.pid))
+        ),
+        180,
+        "the relay and the worker to connect",
+    )
+    return relay, worker
+
+
+def _registrations(stack: Stack, count: int, rate: int) -> Service:
+    """A stream of `count` registrations, once its first emails are out: the failure that
+    follows lands in the middle of it."""
+    floor = len(stack.smtp.messages)
     registrations = stack.start(
         "simulate", "producer-service", "simulate", "--count", str(count), "--rate", str(rate)
     )
-    stack.wait_for(lambda: len(stack.smtp.messages) >= 20, 180, "the first emails")
-    return relay, worker, registrations
+    stack.wait_for(lambda: len(stack.smtp.messages) >= floor + 50, 180, "the stream's emails")
+    return registrations
 
 
 def _victim(cluster: RabbitCluster, relay: Service, worker: Service, *, hit: bool) -> RabbitNode:
@@ -114,8 +130,9 @@ def _prepare(cluster: RabbitCluster, victim: RabbitNode) -> None:
     cluster.move_leader(QUEUE, victim)
 
 
-def _finish(stack: Stack, cluster: RabbitCluster, registrations: Service, count: int) -> Account:
-    assert registrations.process.wait(timeout=600) == 0
+def _finish(stack: Stack, cluster: RabbitCluster, streams: list[Service], count: int) -> Account:
+    for registrations in streams:
+        assert registrations.process.wait(timeout=600) == 0
     committed = stack.committed_event_ids()
     assert len(committed) == count
     stack.wait_until_delivered(committed)
@@ -130,15 +147,17 @@ def test_queue_leader_killed_twice_loses_nothing(
     cluster_stack: Stack, cluster: RabbitCluster
 ) -> None:
     stack = cluster_stack
-    count = scaled(2000, 6000)
-    relay, worker, registrations = _stream(stack, count, rate=scaled(40, 80))
+    per_stream = scaled(1000, 3000)
+    relay, worker = _services(stack, cluster)
 
     failures = []
+    streams = []
     # First the node the worker consumes from, then one neither service is connected to.
     for hit in (True, False):
         victim = _victim(cluster, relay, worker, hit=hit)
         _prepare(cluster, victim)
         where = _where(cluster, victim, relay, worker)
+        streams.append(_registrations(stack, per_stream, rate=scaled(25, 60)))
         emails_at_failure = len(stack.smtp.messages)
         victim.kill()
         killed_at = time.monotonic()
@@ -154,8 +173,9 @@ def test_queue_leader_killed_twice_loses_nothing(
             }
         )
         assert new_leader is not victim
+        assert streams[-1].process.wait(timeout=600) == 0
 
-    result = _finish(stack, cluster, registrations, count)
+    result = _finish(stack, cluster, streams, 2 * per_stream)
     record("cluster: queue leader's node kill -9 twice", {**result.summary(), "failures": failures})
     assert result.lost == []
     assert result.unexpected == []
@@ -175,11 +195,13 @@ def test_node_frozen_30_s_loses_nothing(
 ) -> None:
     stack = cluster_stack
     count = scaled(2000, 4000)
-    relay, worker, registrations = _stream(stack, count, rate=scaled(30, 60))
-
+    relay, worker = _services(stack, cluster)
     victim = _victim(cluster, relay, worker, hit=hit)
-    _prepare(cluster, victim)
+    cluster.move_leader(QUEUE, victim)
     where = _where(cluster, victim, relay, worker)
+    # Long enough to outlast the pause: the stream goes on while the node is frozen.
+    registrations = _registrations(stack, count, rate=scaled(20, 40))
+
     emails_at_failure = len(stack.smtp.messages)
     cluster.pause(victim)
     paused_at = time.monotonic()
@@ -191,10 +213,15 @@ def test_node_frozen_30_s_loses_nothing(
         cluster.resume(victim)
     cluster.wait_until_member(victim)
 
-    result = _finish(stack, cluster, registrations, count)
+    result = _finish(stack, cluster, [registrations], count)
     record(
         f"cluster: node SIGSTOPped {PAUSE_S:.0f} s ({'services' if hit else 'idle'} node)",
-        {**result.summary(), **where, "seconds_to_flowing_again": resumed_s},
+        {
+            **result.summary(),
+            **where,
+            "seconds_to_flowing_again": resumed_s,
+            "stream_still_running_at_resume": registrations.running,
+        },
     )
     assert result.lost == []
     assert result.unexpected == []
