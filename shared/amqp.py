@@ -13,6 +13,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorStackTimeout,
+)
 
 from shared.errors import ConfigError, TransientError
 from shared.failover import rotation_for
@@ -48,6 +52,9 @@ def failure_reason(error: BaseException | str) -> str:
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
         return "the broker refused the virtual host: it does not exist or the user has no access"
     cause = _innermost(error)
+    if isinstance(cause, AMQPConnectorStackTimeout):
+        # Its text dumps pika's address tuple; what it means is short.
+        return "no AMQP answer in time (the node accepts connections but does not reply)"
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
     text = str(cause).strip()
@@ -192,7 +199,9 @@ def open_connection(settings: BrokerSettings, *, announce: bool = True) -> Broke
             connection = BrokerConnection(
                 _node_parameters(settings, url), listed_nodes=rotation.size
             )
-        except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as error:
+        # AMQPConnectorException is no AMQPError: pika raises it bare for a node that accepts
+        # TCP and never completes the handshake (frozen, overloaded), after its stack timeout.
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError, ssl.SSLError) as error:
             failures.append((masked, error))
             if rotation.size > 1:
                 _log.warning("broker node unavailable", url=masked, error=failure_reason(error))

@@ -171,16 +171,7 @@ def _declare_missing_queue(channel: BlockingChannel, queue: str, arguments: dict
 
 
 def _queue_exists(connection: BlockingConnection, queue: str) -> bool:
-    # A passive declaration of a missing queue closes its channel: a channel of its own.
-    probe = connection.channel()
-    try:
-        probe.queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code == _NOT_FOUND:
-            return False
-        raise
-    probe.close()
-    return True
+    return _exist(connection, exchanges=(), queues=(queue,))
 
 
 def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
@@ -226,11 +217,22 @@ def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
 
 
 def _all_exist(connection: BlockingConnection, retry_delays_s: Sequence[int]) -> bool:
+    return _exist(
+        connection,
+        exchanges=(EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE),
+        queues=(QUEUE, DEAD_LETTER_QUEUE, *(retry_queue_name(d) for d in retry_delays_s)),
+    )
+
+
+def _exist(
+    connection: BlockingConnection, *, exchanges: Sequence[str], queues: Sequence[str]
+) -> bool:
+    # A passive declaration of something missing closes its channel: a channel of its own.
     channel = connection.channel()
     try:
-        for exchange in (EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE):
+        for exchange in exchanges:
             channel.exchange_declare(exchange, passive=True)
-        for queue in (QUEUE, DEAD_LETTER_QUEUE, *(retry_queue_name(d) for d in retry_delays_s)):
+        for queue in queues:
             channel.queue_declare(queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == _NOT_FOUND:

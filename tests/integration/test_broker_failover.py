@@ -6,6 +6,8 @@ list into, the connection reaches the one node that answers.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from shared.amqp import BrokerRefused, BrokerUnavailable, open_connection
@@ -48,3 +50,13 @@ def test_a_refused_password_is_configuration_even_with_other_nodes_down(amqp_url
     wrong = amqp_url.replace("guest:guest@", "guest:wrong@")
     with pytest.raises(BrokerRefused, match="ACCESS_REFUSED"):
         open_connection(_settings([_dead_url(), wrong]))
+
+
+def test_a_node_that_accepts_and_never_answers_is_passed_over(amqp_url: str) -> None:
+    # What a SIGSTOPped node looks like from outside: TCP connects, no AMQP answer ever comes.
+    with socket.create_server(("127.0.0.1", 0)) as frozen:
+        silent = f"amqp://guest:guest@127.0.0.1:{frozen.getsockname()[1]}/%2F"
+        with pytest.raises(BrokerUnavailable, match="does not reply"):
+            open_connection(_settings([silent]))
+        connection = open_connection(_settings([silent, amqp_url]))
+        connection.close()

@@ -5,12 +5,13 @@ folder. The cluster gives them one Erlang cookie and joins the others to the fir
 `join_cluster`. `node_factory` makes the members, so a cluster of another RabbitMQ version
 only needs a factory of such nodes.
 
-    with RabbitCluster(3) as cluster:
-        os.environ["AMQP_URL"] = cluster.amqp_urls      # all three, comma-separated
-        victim = cluster.leader_of("some.queue")
-        victim.kill()                                   # kill -9
-        cluster.pause(victim); cluster.resume(victim)   # SIGSTOP / SIGCONT: a silent failure
-        victim.start(); cluster.wait_until_member(victim)
+    cluster = RabbitCluster(3)
+    cluster.start()                                 # then cluster.destroy(), whatever happens
+    env["AMQP_URL"] = cluster.amqp_urls             # all three, comma-separated
+    victim = cluster.leader_of("some.queue")
+    victim.kill()                                   # kill -9
+    cluster.pause(victim); cluster.resume(victim)   # SIGSTOP / SIGCONT: a silent failure
+    victim.start(); cluster.wait_until_member(victim)
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final
-
-import pytest
 
 from tests.support.rabbit_node import RabbitNode, RabbitNodeError
 
@@ -99,18 +97,6 @@ class RabbitCluster:
         # SIGKILL ends a SIGSTOPped node too: no need to continue it first.
         for node in self.nodes:
             node.destroy()
-
-    def __enter__(self) -> RabbitCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.destroy()
 
     # --- queues -------------------------------------------------------------------------
     def leader_of(self, queue: str, vhost: str = "/") -> RabbitNode:
@@ -221,14 +207,3 @@ def _remote_ports(pid: int) -> list[int]:
                 if fields[3] == _TCP_ESTABLISHED and fields[9] in inodes:
                     ports.append(int(fields[2].rpartition(":")[2], 16))
     return ports
-
-
-@pytest.fixture
-def rabbit_cluster() -> Iterator[RabbitCluster]:
-    """A started three-node cluster, killed and removed after the test whatever happens."""
-    cluster = RabbitCluster(3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
