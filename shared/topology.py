@@ -34,6 +34,8 @@ DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
 _NOT_FOUND: Final = 404
 _PRECONDITION_FAILED: Final = 406
+# RabbitMQ's NOT_FOUND text for a classic queue whose node is down (seen on 3.10.8).
+_HOME_NODE_DOWN: Final = "is down or inaccessible"
 
 
 def retry_queue_name(delay_s: int) -> str:
@@ -151,14 +153,15 @@ def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int], replicas: 
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
-    _declare_dead_letter_queue(channel.connection)
+    dead_letter_queue_up = _declare_dead_letter_queue(channel.connection)
     _declare_missing_queue(channel, QUEUE, main_queue_arguments(replicas))
     for delay_s in retry_delays_s:
         _declare_missing_queue(
             channel, retry_queue_name(delay_s), retry_queue_arguments(delay_s, replicas)
         )
     for exchange, queue, routing_key in bindings(retry_delays_s):
-        channel.queue_bind(queue, exchange, routing_key=routing_key)
+        if queue != DEAD_LETTER_QUEUE or dead_letter_queue_up:
+            channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
 def _declare_missing_queue(channel: BlockingChannel, queue: str, arguments: dict[str, Any]) -> None:
@@ -174,12 +177,18 @@ def _queue_exists(connection: BlockingConnection, queue: str) -> bool:
     return _exist(connection, exchanges=(), queues=(queue,))
 
 
-def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
-    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is.
+def _declare_dead_letter_queue(connection: BlockingConnection) -> bool:
+    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is. False when
+    the DLQ exists but its node is down.
 
     Redeclaring it with other arguments fails (PRECONDITION_FAILED), and replacing it would
     have to move its messages: that is the operator's `email-consumer dlq` tools' job (see
     `DeadLetterQueue.migrate`), never a side effect of a service starting.
+
+    A classic queue lives on one node of a cluster: while that node is down RabbitMQ answers
+    NOT_FOUND for it. The services must not wait for that node (the worker would stop
+    delivering every email for it); a dead-letter copy published meanwhile is refused and its
+    original stays in the queue, so nothing is lost.
     """
     channel = connection.channel()
     try:
@@ -187,6 +196,12 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
             DEAD_LETTER_QUEUE, durable=True, arguments=dead_letter_queue_arguments()
         )
     except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _NOT_FOUND and _HOME_NODE_DOWN in str(error.reply_text):
+            _log.warning(
+                "the dead-letter queue's node is down; dead-lettering waits for it",
+                queue=DEAD_LETTER_QUEUE,
+            )
+            return False
         if error.reply_code != _PRECONDITION_FAILED:
             raise
         _log.warning(
@@ -194,8 +209,9 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
             "run `email-consumer dlq migrate` before listing it",
             queue=DEAD_LETTER_QUEUE,
         )
-        return
+        return True
     channel.close()
+    return True
 
 
 def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
