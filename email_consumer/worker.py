@@ -52,6 +52,9 @@ class _Session:
     active: bool = True
     in_flight: int = 0
     consumer_tag: str | None = field(default=None)
+    # Set when the broker cancelled the consumer (basic.cancel): its queue was deleted, or its
+    # leader moved. The channel stays open; the loop subscribes again.
+    cancelled_by_broker: bool = False
 
 
 class Worker:
@@ -133,10 +136,8 @@ class Worker:
         publish_channel = connection.channel()
         publish_channel.confirm_delivery()
         session = _Session(connection, consume_channel, publish_channel)
-        session.consumer_tag = consume_channel.basic_consume(
-            topology.QUEUE, on_message_callback=functools.partial(self._on_message, session)
-        )
-        self._status.consuming(True)
+        consume_channel.add_on_cancel_callback(functools.partial(_cancelled_by_broker, session))
+        self._subscribe(session)
         _log.info(
             "consuming",
             queue=topology.QUEUE,
@@ -145,15 +146,37 @@ class Worker:
         )
         return session
 
+    def _subscribe(self, session: _Session) -> None:
+        session.cancelled_by_broker = False
+        session.consumer_tag = session.consume_channel.basic_consume(
+            topology.QUEUE, on_message_callback=functools.partial(self._on_message, session)
+        )
+        self._status.consuming(True)
+
     def _serve(self, session: _Session) -> None:
         try:
             while not self._stopping.is_set():
                 session.connection.process_data_events(time_limit=_POLL_S)
                 self._status.loop_ran()
+                if session.cancelled_by_broker:
+                    self._subscribe_again(session)
                 self._maybe_housekeep()
             self._drain(session)
         finally:
             session.active = False
+
+    def _subscribe_again(self, session: _Session) -> None:
+        """After a basic.cancel: declare what is missing (a deleted queue) and consume again.
+
+        Without this the loop would go on polling a channel with no consumer: alive, silent
+        and idle. Deliveries already handed to the pool are settled on the same channel, whose
+        delivery tags stay valid. A failure here is a connection error: `run` reconnects.
+        """
+        _log.warning("the broker cancelled the consumer; subscribing again", queue=topology.QUEUE)
+        topology.declare_topology(
+            session.consume_channel, retry_delays_s=self._processor.router.policy.broker_delays_s
+        )
+        self._subscribe(session)
 
     def _drain(self, session: _Session) -> None:
         """Stop taking deliveries, let in-flight ones finish for a bounded time."""
@@ -267,6 +290,11 @@ class Worker:
                 error_type=headers.get(failure_headers.ERROR_TYPE),
                 error=headers.get(failure_headers.ERROR_MESSAGE),
             )
+
+
+def _cancelled_by_broker(session: _Session, _frame: Any) -> None:
+    # Called by pika inside process_data_events; the loop subscribes again once it returns.
+    session.cancelled_by_broker = True
 
 
 def _run_quietly(job: Callable[[], None]) -> None:

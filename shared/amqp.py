@@ -1,4 +1,9 @@
-"""Connecting to RabbitMQ: parameters, TLS that always verifies, and URLs safe to log."""
+"""Connecting to RabbitMQ: parameters, TLS that always verifies, and URLs safe to log.
+
+AMQP_URL may list the nodes of a cluster, comma-separated, with the same credentials and vhost;
+`open_connection` fails over from one node to the next (in the order `shared.failover` keeps),
+so every command that connects survives a node that is down.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorStackTimeout,
+)
 
 from shared.errors import ConfigError, TransientError
+from shared.failover import rotation_for
 from shared.logging import get_logger
-from shared.settings import BrokerSettings
+from shared.settings import BrokerSettings, split_urls
 
 _log = get_logger(__name__)
 
@@ -42,6 +52,9 @@ def failure_reason(error: BaseException | str) -> str:
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
         return "the broker refused the virtual host: it does not exist or the user has no access"
     cause = _innermost(error)
+    if isinstance(cause, AMQPConnectorStackTimeout):
+        # Its text dumps pika's address tuple; what it means is short.
+        return "no AMQP answer in time (the node accepts connections but does not reply)"
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
     text = str(cause).strip()
@@ -66,19 +79,28 @@ def _innermost(error: BaseException) -> BaseException:
 
 def connection_failed(masked_url: str, error: BaseException | str) -> BrokerUnavailable:
     """The error to raise for a failed connection attempt: refused, or unavailable."""
-    refused = isinstance(
-        error,
-        pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
-    )
-    kind = BrokerRefused if refused else BrokerUnavailable
+    kind = BrokerRefused if _refused(error) else BrokerUnavailable
     return kind(f"cannot connect to {masked_url} (AMQP_URL): {failure_reason(error)}")
 
 
+def _refused(error: BaseException | str) -> bool:
+    return isinstance(
+        error,
+        pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
+    )
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for logs and error messages.
+    """The URL (each URL of a list) with its password replaced by `***`, for logs and errors.
 
     Never raises: a URL too malformed to take apart is masked whole after its scheme.
     """
+    if "," in url:
+        return ",".join(_mask_one(part) for part in split_urls(url))
+    return _mask_one(url)
+
+
+def _mask_one(url: str) -> str:
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -92,20 +114,34 @@ def mask_url(url: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The password in `url`, as written and percent-decoded, for log redaction."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return []
-    if not password:
-        return []
-    return sorted({password, unquote(password)})
+    """The passwords in `url` (each URL of a list), as written and percent-decoded, for log
+    redaction."""
+    found: set[str] = set()
+    for part in split_urls(url):
+        try:
+            password = urlsplit(part).password
+        except ValueError:
+            continue
+        if password:
+            found |= {password, unquote(password)}
+    return sorted(found)
 
 
 def connection_parameters(settings: BrokerSettings) -> pika.URLParameters:
-    """Parameters with heartbeat, blocked-connection timeout and, for amqps://, verified TLS."""
+    """Parameters for the node the last connection reached (see `shared.failover`), with
+    heartbeat, blocked-connection timeout and, for amqps://, verified TLS.
+
+    Checks every URL of AMQP_URL, so that a bad one is reported at start-up, not at the
+    failover that first needs it.
+    """
+    for url in settings.urls:
+        _node_parameters(settings, url)
+    return _node_parameters(settings, rotation_for(settings.urls).current())
+
+
+def _node_parameters(settings: BrokerSettings, url: str) -> pika.URLParameters:
     try:
-        parameters = pika.URLParameters(settings.amqp_url)
+        parameters = pika.URLParameters(url)
     except Exception as error:  # noqa: BLE001 - pika raises many types for a bad URL
         # The message of pika's error may quote the URL, password and all.
         raise ConfigError(f"AMQP_URL is not a valid AMQP URL ({type(error).__name__})") from None
@@ -114,7 +150,7 @@ def connection_parameters(settings: BrokerSettings) -> pika.URLParameters:
     # Reconnection is ours to manage (with backoff and logging), not pika's silent retries.
     parameters.connection_attempts = 1
     parameters.socket_timeout = 10
-    if urlsplit(settings.amqp_url).scheme == "amqps":
+    if urlsplit(url).scheme == "amqps":
         parameters.ssl_options = pika.SSLOptions(
             _verifying_tls_context(settings), server_hostname=parameters.host
         )
@@ -135,21 +171,55 @@ def _verifying_tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     return context
 
 
-def open_connection(settings: BrokerSettings, *, announce: bool = True) -> pika.BlockingConnection:
-    """A blocking connection, or `BrokerUnavailable` naming the masked URL.
+class BrokerConnection(pika.BlockingConnection):  # type: ignore[misc]  # pika is untyped
+    """A blocking connection that knows how many nodes AMQP_URL lists.
+
+    The topology reads it to give new quorum queues an explicit replica count on a cluster.
+    """
+
+    def __init__(self, parameters: pika.URLParameters, *, listed_nodes: int) -> None:
+        super().__init__(parameters)
+        self.listed_nodes = listed_nodes
+
+
+def open_connection(settings: BrokerSettings, *, announce: bool = True) -> BrokerConnection:
+    """A blocking connection to the first node of AMQP_URL that answers, or `BrokerUnavailable`
+    naming each masked URL tried and why it failed (`BrokerRefused` if any node refused the
+    credentials or vhost and none accepted them).
 
     `announce` logs "broker connected"; a check that closes the connection at once does not,
     so that the line counts the connections a service works on.
     """
-    masked = mask_url(settings.amqp_url)
-    parameters = connection_parameters(settings)
-    try:
-        connection = pika.BlockingConnection(parameters)
-    except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as error:
-        raise connection_failed(masked, error) from None
-    if announce:
-        _log.info("broker connected", url=masked, heartbeat_s=settings.heartbeat_s)
-    return connection
+    connection_parameters(settings)  # every URL checked before any is tried
+    rotation = rotation_for(settings.urls)
+    failures: list[tuple[str, BaseException]] = []
+    for url in rotation.to_try():
+        masked = mask_url(url)
+        try:
+            connection = BrokerConnection(
+                _node_parameters(settings, url), listed_nodes=rotation.size
+            )
+        # AMQPConnectorException is no AMQPError: pika raises it bare for a node that accepts
+        # TCP and never completes the handshake (frozen, overloaded), after its stack timeout.
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError, ssl.SSLError) as error:
+            failures.append((masked, error))
+            if rotation.size > 1:
+                _log.warning("broker node unavailable", url=masked, error=failure_reason(error))
+            continue
+        rotation.reached(url)
+        if announce:
+            _log.info("broker connected", url=masked, heartbeat_s=settings.heartbeat_s)
+        return connection
+    raise _every_node_failed(failures)
+
+
+def _every_node_failed(failures: list[tuple[str, BaseException]]) -> BrokerUnavailable:
+    if len(failures) == 1:
+        return connection_failed(*failures[0])
+    # The nodes of one cluster share users and vhosts: one refusal is the configuration's.
+    kind = BrokerRefused if any(_refused(error) for _, error in failures) else BrokerUnavailable
+    reasons = "; ".join(f"{masked}: {failure_reason(error)}" for masked, error in failures)
+    return kind(f"cannot connect to any node of AMQP_URL: {reasons}")
 
 
 def refuse_bad_credentials(settings: BrokerSettings) -> None:

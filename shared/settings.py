@@ -100,11 +100,22 @@ class Environment:
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     amqp_url: str
+    """As written: one URL, or a comma-separated list of a cluster's nodes (see `urls`)."""
     heartbeat_s: int
     blocked_connection_timeout_s: float
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Each node's URL; a connection fails over from one to the next (shared.amqp)."""
+        return split_urls(self.amqp_url)
+
+
+def split_urls(amqp_url: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list (a comma inside a password is written `%2C`)."""
+    return tuple(part.strip() for part in amqp_url.split(",") if part.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +126,9 @@ class LoggingSettings:
 
 def broker_settings(env: Environment) -> BrokerSettings:
     url = env.text("AMQP_URL", DEFAULT_AMQP_URL)
-    if not url.startswith(("amqp://", "amqps://")):
+    urls = split_urls(url)
+    if not urls or not all(part.startswith(("amqp://", "amqps://")) for part in urls):
+        # One rule for a single URL and for each URL of a cluster's list.
         raise ConfigError("AMQP_URL must start with amqp:// or amqps://")
     return BrokerSettings(
         amqp_url=url,

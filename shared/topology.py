@@ -34,6 +34,8 @@ DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
 _NOT_FOUND: Final = 404
 _PRECONDITION_FAILED: Final = 406
+# RabbitMQ's NOT_FOUND text for a classic queue whose node is down (seen on 3.10.8).
+_HOME_NODE_DOWN: Final = "is down or inaccessible"
 
 
 def retry_queue_name(delay_s: int) -> str:
@@ -49,17 +51,34 @@ _AT_LEAST_ONCE_DEAD_LETTERING: Final = {
 }
 
 
-def main_queue_arguments() -> dict[str, Any]:
+# Replicas of a new quorum queue on a cluster of at least three nodes: a majority survives one
+# node down, and a bigger cluster does not copy every message onto every node (RabbitMQ's
+# default without the argument).
+CLUSTER_QUORUM_REPLICAS: Final = 3
+
+
+def quorum_replicas(listed_nodes: int) -> int | None:
+    """The explicit initial replica count for a cluster whose AMQP_URL lists `listed_nodes`
+    nodes; None (RabbitMQ's default, every node) below three."""
+    return CLUSTER_QUORUM_REPLICAS if listed_nodes >= CLUSTER_QUORUM_REPLICAS else None
+
+
+def _replica_argument(replicas: int | None) -> dict[str, Any]:
+    return {} if replicas is None else {"x-quorum-initial-group-size": replicas}
+
+
+def main_queue_arguments(replicas: int | None = None) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         **_AT_LEAST_ONCE_DEAD_LETTERING,
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": DEAD_LETTER_QUEUE,
+        **_replica_argument(replicas),
     }
 
 
-def retry_queue_arguments(delay_s: int) -> dict[str, Any]:
+def retry_queue_arguments(delay_s: int, replicas: int | None = None) -> dict[str, Any]:
     # When the TTL expires the broker dead-letters the message through the default exchange
     # straight back into the main queue: delayed redelivery without any broker plugin.
     return {
@@ -68,6 +87,7 @@ def retry_queue_arguments(delay_s: int) -> dict[str, Any]:
         "x-message-ttl": delay_s * 1000,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": QUEUE,
+        **_replica_argument(replicas),
     }
 
 
@@ -105,7 +125,8 @@ def declare_topology(
         return
     work = connection.channel()
     try:
-        _declare(work, retry_delays_s)
+        # A shared.amqp.BrokerConnection knows how many nodes AMQP_URL lists; others count one.
+        _declare(work, retry_delays_s, quorum_replicas(getattr(connection, "listed_nodes", 1)))
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code != _ACCESS_REFUSED:
             raise
@@ -128,26 +149,46 @@ def bindings(retry_delays_s: Sequence[int]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
+def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int], replicas: int | None) -> None:
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
-    _declare_dead_letter_queue(channel.connection)
-    channel.queue_declare(QUEUE, durable=True, arguments=main_queue_arguments())
+    dead_letter_queue_up = _declare_dead_letter_queue(channel.connection)
+    _declare_missing_queue(channel, QUEUE, main_queue_arguments(replicas))
     for delay_s in retry_delays_s:
-        channel.queue_declare(
-            retry_queue_name(delay_s), durable=True, arguments=retry_queue_arguments(delay_s)
+        _declare_missing_queue(
+            channel, retry_queue_name(delay_s), retry_queue_arguments(delay_s, replicas)
         )
     for exchange, queue, routing_key in bindings(retry_delays_s):
-        channel.queue_bind(queue, exchange, routing_key=routing_key)
+        if queue != DEAD_LETTER_QUEUE or dead_letter_queue_up:
+            channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
-def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
-    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is.
+def _declare_missing_queue(channel: BlockingChannel, queue: str, arguments: dict[str, Any]) -> None:
+    """Declare `queue` unless it exists: RabbitMQ refuses a redeclaration whose replica count
+    differs (PRECONDITION_FAILED), and a queue declared before AMQP_URL listed a cluster, or
+    by a service listing other nodes, must not stop this one."""
+    if _queue_exists(channel.connection, queue):
+        return
+    channel.queue_declare(queue, durable=True, arguments=arguments)
+
+
+def _queue_exists(connection: BlockingConnection, queue: str) -> bool:
+    return _exist(connection, exchanges=(), queues=(queue,))
+
+
+def _declare_dead_letter_queue(connection: BlockingConnection) -> bool:
+    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is. False when
+    the DLQ exists but its node is down.
 
     Redeclaring it with other arguments fails (PRECONDITION_FAILED), and replacing it would
     have to move its messages: that is the operator's `email-consumer dlq` tools' job (see
     `DeadLetterQueue.migrate`), never a side effect of a service starting.
+
+    A classic queue lives on one node of a cluster: while that node is down RabbitMQ answers
+    NOT_FOUND for it. The services must not wait for that node (the worker would stop
+    delivering every email for it); a dead-letter copy published meanwhile is refused and its
+    original stays in the queue, so nothing is lost.
     """
     channel = connection.channel()
     try:
@@ -155,6 +196,12 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
             DEAD_LETTER_QUEUE, durable=True, arguments=dead_letter_queue_arguments()
         )
     except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _NOT_FOUND and _HOME_NODE_DOWN in str(error.reply_text):
+            _log.warning(
+                "the dead-letter queue's node is down; dead-lettering waits for it",
+                queue=DEAD_LETTER_QUEUE,
+            )
+            return False
         if error.reply_code != _PRECONDITION_FAILED:
             raise
         _log.warning(
@@ -162,8 +209,9 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
             "run `email-consumer dlq migrate` before listing it",
             queue=DEAD_LETTER_QUEUE,
         )
-        return
+        return True
     channel.close()
+    return True
 
 
 def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
@@ -185,11 +233,22 @@ def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
 
 
 def _all_exist(connection: BlockingConnection, retry_delays_s: Sequence[int]) -> bool:
+    return _exist(
+        connection,
+        exchanges=(EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE),
+        queues=(QUEUE, DEAD_LETTER_QUEUE, *(retry_queue_name(d) for d in retry_delays_s)),
+    )
+
+
+def _exist(
+    connection: BlockingConnection, *, exchanges: Sequence[str], queues: Sequence[str]
+) -> bool:
+    # A passive declaration of something missing closes its channel: a channel of its own.
     channel = connection.channel()
     try:
-        for exchange in (EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE):
+        for exchange in exchanges:
             channel.exchange_declare(exchange, passive=True)
-        for queue in (QUEUE, DEAD_LETTER_QUEUE, *(retry_queue_name(d) for d in retry_delays_s)):
+        for queue in queues:
             channel.queue_declare(queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == _NOT_FOUND:
