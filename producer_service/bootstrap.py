@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from producer_service.after_commit import PublishAfterCommit
+from producer_service.ports import OutboxStore, RegistrationStore
 from producer_service.publisher import ConfirmingPublisher
 from producer_service.registration import RegisterUser
-from producer_service.relay import OutboxRelay
+from producer_service.relay import OutboxRelay, PublisherFactory
 from producer_service.schema import upgrade
 from producer_service.settings import ProducerSettings
-from producer_service.simulate import PublishesAtCommit, Simulation
+from producer_service.simulate import Simulation
 from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
 from shared.amqp import connection_parameters, url_secrets
 from shared.database import create_database_engine, normalise_url
@@ -31,54 +32,73 @@ class Producer:
     """The wired service; `close()` releases the database connections."""
 
     settings: ProducerSettings
-    engine: Engine
     register: RegisterUser
-    outbox: SqlOutboxStore
+    outbox: OutboxStore
+    connect_publisher: PublisherFactory
+    """A publisher ready to publish (the topology declared), or `BrokerUnavailable`."""
+    engine: Engine | None = None
+    """The database the stores use; None when they were passed in."""
 
-    def connect_publisher(self) -> ConfirmingPublisher:
-        """A confirming publisher, after declaring the topology; `BrokerUnavailable` if down."""
-        return ConfirmingPublisher.connect(
-            self.settings.broker, confirm_timeout_s=self.settings.relay.confirm_timeout_s
-        )
-
-    def relay(self, stop: threading.Event | None = None) -> OutboxRelay:
-        return OutboxRelay(self.outbox, self.connect_publisher, self.settings.relay, stop=stop)
-
-    def publish_after_commit(self, stop: threading.Event | None = None) -> PublishAfterCommit:
-        relay = self.settings.relay
-        return PublishAfterCommit(
-            self.outbox,
-            self.connect_publisher,
-            lease_s=relay.claim_lease_s,
-            confirm_timeout_s=relay.confirm_timeout_s,
-            batch_size=relay.batch_size,
-            stop=stop,
+    def relay(
+        self, stop: threading.Event | None = None, *, commits: threading.Event | None = None
+    ) -> OutboxRelay:
+        return OutboxRelay(
+            self.outbox, self.connect_publisher, self.settings.relay, stop=stop, commits=commits
         )
 
     def simulation(
-        self, stop: threading.Event | None = None, *, publish_now: PublishesAtCommit | None = None
+        self, stop: threading.Event | None = None, *, commits: threading.Event | None = None
     ) -> Simulation:
-        return Simulation(
-            self.register, self.outbox.count_published, stop=stop, publish_now=publish_now
-        )
+        return Simulation(self.register, self.outbox.count_published, stop=stop, commits=commits)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self.engine is not None:
+            self.engine.dispose()
 
 
-def bootstrap(env: Environment | None = None) -> Producer:
+def bootstrap(
+    env: Environment | None = None,
+    *,
+    stores: tuple[RegistrationStore, OutboxStore] | None = None,
+    connect: PublisherFactory | None = None,
+) -> Producer:
     """Read and check every setting, set up logging, open the database, upgrade its schema.
 
     Raises `ConfigError` for any bad setting before anything is stored: once `register` has
     committed a user, a configuration error could no longer be reported as "nothing stored".
+    Unit tests pass in-memory `stores` and `connect` (no database is opened then).
     """
     settings = ProducerSettings.from_env(env or Environment())
     configure_logging(settings.logging, service=SERVICE, secrets=_secrets(settings))
     # Builds the AMQP parameters once, only to check them: the URL (host, port, vhost) and the
     # TLS files. The publisher builds them again when it connects.
     connection_parameters(settings.broker)
+    engine = None
+    if stores is None:
+        engine = _open_database(settings.database_url)
+        stores = (
+            SqlRegistrationStore(engine),
+            SqlOutboxStore(engine, lease_s=settings.relay.claim_lease_s),
+        )
+    if connect is None:
+        connect = functools.partial(
+            ConfirmingPublisher.connect,
+            settings.broker,
+            confirm_timeout_s=settings.relay.confirm_timeout_s,
+        )
+    registrations, outbox = stores
+    return Producer(
+        settings=settings,
+        register=RegisterUser(registrations, routing_key=ROUTING_KEY),
+        outbox=outbox,
+        connect_publisher=connect,
+        engine=engine,
+    )
+
+
+def _open_database(database_url: str) -> Engine:
     try:
-        engine = create_database_engine(settings.database_url)
+        engine = create_database_engine(database_url)
     except OSError as error:
         # The SQLite file's directory cannot be created: the URL names an unusable path.
         raise ConfigError(
@@ -90,12 +110,7 @@ def bootstrap(env: Environment | None = None) -> Producer:
         # password and all.
         raise ConfigError("PRODUCER_DATABASE_URL is not a valid database URL") from None
     upgrade(engine)
-    return Producer(
-        settings=settings,
-        engine=engine,
-        register=RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY),
-        outbox=SqlOutboxStore(engine, lease_s=settings.relay.claim_lease_s),
-    )
+    return engine
 
 
 def _secrets(settings: ProducerSettings) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from producer_service.bootstrap import Producer, bootstrap
 from producer_service.ports import DuplicateUser
 from producer_service.progress import terminal_progress
+from producer_service.relay import relaying_meanwhile
 from producer_service.settings import ProducerSettings
 from producer_service.validation import (
     EMAIL_RULES,
@@ -193,7 +195,8 @@ def _publish_now(producer: Producer, event_id: str) -> bool:
 def _try_to_publish(producer: Producer, event_id: str) -> bool:
     publisher = producer.connect_publisher()
     try:
-        if event_id in producer.relay().publish_events(publisher, [event_id]):
+        published, _failed = producer.relay().publish_pending(publisher, event_ids=[event_id])
+        if published:
             return True
     finally:
         publisher.close()
@@ -221,14 +224,16 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
-    # Before the publishing thread opens its connection: a connection replaced later must not
-    # leave frozen (never collected) objects behind.
+    # Before the relay thread opens its connection: a connection replaced later must not leave
+    # frozen (never collected) objects behind.
     freeze_start_up_objects()
-    with (
-        terminal_progress(args.count) as progress,
-        nullcontext(None) if args.relay_only else producer.publish_after_commit(stop) as now,
-    ):
-        simulation = producer.simulation(stop, publish_now=now)
+    # Each registration wakes a relay of our own, which publishes its event at once.
+    commits = None if args.relay_only else threading.Event()
+    relaying = (
+        nullcontext() if commits is None else relaying_meanwhile(producer.relay(commits=commits))
+    )
+    with terminal_progress(args.count) as progress, relaying:
+        simulation = producer.simulation(stop, commits=commits)
         summary = simulation.run(args.count, rate=args.rate, progress=progress)
     print(
         f"registered {summary.registered} of {summary.requested} users in "

@@ -45,6 +45,7 @@ def test_the_producers_connections_commit_durably(tmp_path: Path) -> None:
     env = producer_env("amqp://guest:guest@127.0.0.1:5672/", f"sqlite:///{tmp_path}/p.sqlite3")
     producer = bootstrap(Environment(env))
     try:
+        assert producer.engine is not None
         assert _pragmas(producer.engine) == [(FULL, WAL)] * 3
     finally:
         producer.close()
