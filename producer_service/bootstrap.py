@@ -16,7 +16,7 @@ from producer_service.relay import OutboxRelay, PublisherFactory
 from producer_service.schema import upgrade
 from producer_service.settings import ProducerSettings
 from producer_service.simulate import Simulation
-from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
+from producer_service.storage import SqlOutboxStore, SqlRegistrationStore, relax_commits
 from shared.amqp import connection_parameters, url_secrets
 from shared.database import create_database_engine, normalise_url
 from shared.errors import ConfigError
@@ -36,8 +36,13 @@ class Producer:
     outbox: OutboxStore
     connect_publisher: PublisherFactory
     """A publisher ready to publish (the topology declared), or `BrokerUnavailable`."""
-    engine: Engine | None = None
-    """The database the stores use; None when they were passed in."""
+    engines: tuple[Engine, ...] = ()
+    """The registrations' engine, then the outbox's; none when the stores were passed in."""
+
+    @property
+    def engine(self) -> Engine | None:
+        """The registrations' engine, whose commits are durable."""
+        return self.engines[0] if self.engines else None
 
     def relay(
         self, stop: threading.Event | None = None, *, commits: threading.Event | None = None
@@ -52,8 +57,8 @@ class Producer:
         return Simulation(self.register, self.outbox.count_published, stop=stop, commits=commits)
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
+        for engine in self.engines:
+            engine.dispose()
 
 
 def bootstrap(
@@ -73,12 +78,12 @@ def bootstrap(
     # Builds the AMQP parameters once, only to check them: the URL (host, port, vhost) and the
     # TLS files. The publisher builds them again when it connects.
     connection_parameters(settings.broker)
-    engine = None
+    engines: tuple[Engine, ...] = ()
     if stores is None:
-        engine = _open_database(settings.database_url)
+        engines = (_open_database(settings.database_url), _outbox_engine(settings.database_url))
         stores = (
-            SqlRegistrationStore(engine),
-            SqlOutboxStore(engine, lease_s=settings.relay.claim_lease_s),
+            SqlRegistrationStore(engines[0]),
+            SqlOutboxStore(engines[1], lease_s=settings.relay.claim_lease_s),
         )
     if connect is None:
         connect = functools.partial(
@@ -92,8 +97,13 @@ def bootstrap(
         register=RegisterUser(registrations, routing_key=ROUTING_KEY),
         outbox=outbox,
         connect_publisher=connect,
-        engine=engine,
+        engines=engines,
     )
+
+
+def _outbox_engine(database_url: str) -> Engine:
+    # The same database; its claims and marks need not wait for the disk (`relax_commits`).
+    return relax_commits(create_database_engine(database_url))
 
 
 def _open_database(database_url: str) -> Engine:

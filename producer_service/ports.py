@@ -107,15 +107,13 @@ class EventPublisher(Protocol):
     @property
     def is_open(self) -> bool: ...
 
-    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        """Publish all at once and wait for every confirm; unconfirmed ones count as failed."""
-
     def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
         """Hand the batch to the connection without waiting; `finish` waits for its confirms."""
 
     def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
-        """Wait for the confirms of a batch from `start`, as `publish` does. Batches started
-        later may stay in flight; if the connection fails, they fail with this one."""
+        """Wait for every confirm of a batch from `start`; unconfirmed ones count as failed.
+        Batches started later may stay in flight; if the connection fails, they fail with this
+        one."""
 
     def idle(self, seconds: float) -> None:
         """Wait, keeping the connection alive (heartbeats) meanwhile."""

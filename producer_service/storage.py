@@ -125,6 +125,31 @@ class _SqlClaimedBatch:
             connection.execute(_RELEASE, {"row_ids": chunk, "token": self._token})
 
 
+def relax_commits(engine: Engine) -> Engine:
+    """Let `engine`'s commits return before they reach the disk; for the outbox's claims and
+    marks only, whose loss a power cut can afford.
+
+    A claim lost leaves its rows pending, as before it; a mark lost publishes its event again,
+    a duplicate the worker absorbs. What must outlive a power cut, the registration itself,
+    commits through another engine: on SQLite its FULL commit syncs the whole WAL, these
+    frames included. Without this, a relay pass per event (claim, mark) would add two disk
+    syncs to each registration's one, all taking turns for SQLite's write lock.
+    """
+    sqlite = is_sqlite(engine)
+
+    @sa.event.listens_for(engine, "connect")
+    def _relax(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        if sqlite:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        else:
+            cursor.execute("SET synchronous_commit = off")
+            dbapi_connection.commit()  # a session setting, kept by the pooled connection
+        cursor.close()
+
+    return engine
+
+
 class SqlOutboxStore:
     """The relay's view of the outbox table.
 
@@ -227,8 +252,7 @@ class SqlOutboxStore:
 
 
 # ---- statements ------------------------------------------------------------------------------
-# Built once, with every value a bound parameter: building a statement and computing its cache
-# key on each call cost SQLAlchemy several times what SQLite spends running it.
+# Built once, every value a bound parameter: SQLAlchemy then builds and caches each only once.
 
 _INSERT_USER: Final = users.insert()
 _INSERT_EVENT: Final = outbox.insert().returning(outbox.c.id)
@@ -292,10 +316,9 @@ def _delete_published_batch(
 def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
     """Pick, claim and return up to `limit` pending rows after `after_id`, in one statement.
 
-    RETURNING (SQLite 3.35+, any PostgreSQL): a SELECT and then an UPDATE naming each id cost
-    half as much again. The pick is a CTE, not a subquery: PostgreSQL may run a locking subquery
-    once per row it joins (claiming more than `limit` rows), but evaluates a FOR UPDATE CTE
-    exactly once.
+    RETURNING needs SQLite 3.35+ (any PostgreSQL). The pick is a CTE, not a subquery:
+    PostgreSQL may run a locking subquery once per row it joins (claiming more than `limit`
+    rows), but evaluates a FOR UPDATE CTE exactly once.
     """
     pending = (
         sa.select(outbox.c.id)
@@ -377,8 +400,7 @@ def _by_id(message: OutboxMessage) -> int:
 
 
 def _message(row: Sequence[Any]) -> OutboxMessage:
-    # Unpacked by position (the order of _MESSAGE_COLUMNS): a named look-up per column cost a
-    # third of claiming a batch.
+    # By position, in the order of _MESSAGE_COLUMNS.
     row_id, event_id, event_type, routing_key, payload, headers, correlation_id, created_at = row
     if created_at.tzinfo is None:  # SQLite keeps no zone; every value written is UTC
         created_at = created_at.replace(tzinfo=UTC)
