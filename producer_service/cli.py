@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from producer_service.bootstrap import Producer
 
 PROG = "producer-service"
-DATABASE_VARIABLE = "PRODUCER_DATABASE_URL"
 EXIT_CODES: ExitCodes = (
     (ValidationError, EXIT_INVALID, ""),
     (DuplicateUser, EXIT_CONFLICT, ""),
@@ -69,11 +69,9 @@ def _start(command: Command, args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from producer_service.bootstrap import bootstrap
-    from shared.database import DatabaseUnreachable, naming_the_variable, reason_of
+    from shared.database import DatabaseUnreachable, reason_of
 
-    database_url = ProducerSettings.from_env(Environment()).database_url
-    with naming_the_variable(DATABASE_VARIABLE, database_url):
-        producer = bootstrap(Environment())
+    producer = bootstrap()
     try:
         return command(producer, args)
     except sa.exc.SQLAlchemyError as error:
@@ -202,7 +200,8 @@ def _publish_now(producer: Producer, event_id: str) -> bool:
 def _try_to_publish(producer: Producer, event_id: str) -> bool:
     publisher = producer.connect_publisher()
     try:
-        if event_id in producer.relay().publish_events(publisher, [event_id]):
+        published, _failed = producer.relay().publish_pending(publisher, event_ids=[event_id])
+        if published:
             return True
     finally:
         publisher.close()
@@ -223,7 +222,7 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     monitoring = producer.monitoring()
     metrics_server.serve(producer.settings.metrics, monitoring.metrics.registry, monitoring.health)
-    relay = producer.relay(stop, monitoring)
+    relay = producer.relay(stop, monitoring=monitoring)
     _log.info("relay starting", once=args.once, batch_size=producer.settings.relay.batch_size)
     freeze_start_up_objects()
     totals = relay.run_once() if args.once else relay.run_forever()
@@ -237,17 +236,20 @@ def _relay(producer: Producer, args: argparse.Namespace) -> int:
 
 def _simulate(producer: Producer, args: argparse.Namespace) -> int:
     from producer_service.progress import terminal_progress
+    from producer_service.relay import relaying_meanwhile
 
     refuse_bad_credentials(producer.settings.broker)
     stop = stop_on_signals()
-    # Before the publishing thread opens its connection: a connection replaced later must not
-    # leave frozen (never collected) objects behind.
+    # Before the relay thread opens its connection: a connection replaced later must not leave
+    # frozen (never collected) objects behind.
     freeze_start_up_objects()
-    with (
-        terminal_progress(args.count) as progress,
-        nullcontext(None) if args.relay_only else producer.publish_after_commit(stop) as now,
-    ):
-        simulation = producer.simulation(stop, publish_now=now)
+    # Each registration wakes a relay of our own, which publishes its event at once.
+    commits = None if args.relay_only else threading.Event()
+    relaying = (
+        nullcontext() if commits is None else relaying_meanwhile(producer.relay(commits=commits))
+    )
+    with terminal_progress(args.count) as progress, relaying:
+        simulation = producer.simulation(stop, commits=commits)
         summary = simulation.run(args.count, rate=args.rate, progress=progress)
     print(
         f"registered {summary.registered} of {summary.requested} users in "

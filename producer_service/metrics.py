@@ -112,9 +112,6 @@ class _MeteredPublisher:
     def is_open(self) -> bool:
         return self._inner.is_open
 
-    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        return self.finish(self.start(messages))
-
     def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
         return _Timed(self._inner.start(messages), _now())
 

@@ -7,7 +7,6 @@ The core (registration, relay, simulation) depends on these protocols only; `sto
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -56,57 +55,39 @@ class PublishOutcome:
     """True when the connection failed during the batch; the publisher must be replaced."""
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A publisher's hold on the outbox rows stored under it: relays skip them for `lease_s`
-    seconds from the insert, by the database's clock, and only marks made under the same
-    `token` touch them.
-
-    `until` is the claimant's own deadline on its monotonic clock (`time.monotonic()`), taken
-    before the insert: the lease the database records ends no earlier, whatever the claimant's
-    wall clock says, so publishing only while `until` lies ahead keeps within the lease.
-    """
-
-    token: str
-    lease_s: float
-    until: float
-
-
 class RegistrationStore(Protocol):
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
-        """Store both in one transaction, returning the outbox id; `DuplicateUser` on conflict.
-
-        With a claim, the event is stored already claimed by its caller, who means to publish
-        it at once: no relay races for it, and no second transaction is needed to claim it.
-        """
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+        """Store both in one transaction, returning the outbox id; `DuplicateUser` on conflict."""
 
 
 class ClaimedBatch(Protocol):
+    """Outbox rows claimed by one publisher: it marks what the broker said of each, then either
+    writes the marks (`write_marks`) or gives the whole batch up (`release`)."""
+
     messages: Sequence[OutboxMessage]
 
     def mark_published(self, event_ids: Sequence[str]) -> None: ...
 
     def mark_failed(self, failures: Mapping[str, str]) -> None: ...
 
+    def write_marks(self) -> None:
+        """Write the marks in one short transaction and release the rows left unmarked."""
+
+    def release(self) -> None:
+        """Release every row unmarked, so the next pass may take it at once. Best effort: a
+        database error is swallowed (the lease frees the rows anyway)."""
+
 
 class OutboxStore(Protocol):
-    def claim_pending(
+    def claim(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
-    ) -> AbstractContextManager[ClaimedBatch]:
-        """Pending events with an id above `after_id`, oldest first, claimed for the block.
+    ) -> ClaimedBatch:
+        """Claim pending events with an id above `after_id`, oldest first, in one short
+        transaction; no lock is held afterwards.
 
-        Other relays (and `register`) skip claimed rows, so no two publish the same event while
-        its publisher lives; a claim whose publisher died expires after a lease. No lock is held
-        inside the block. The marks are written when the block exits without an error.
+        Other publishers skip claimed rows, so no two publish the same event while its publisher
+        lives; a claim whose publisher died expires after a lease, by the database's clock.
         """
-
-    def claimed(
-        self, messages: Sequence[OutboxMessage], token: str
-    ) -> AbstractContextManager[ClaimedBatch]:
-        """Events this process claimed under `token` when it stored them, as a claimed batch:
-        the marks are written when the block exits, and unmarked events are released."""
 
     def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
         """Delete events published before `cutoff`, up to `batch_size` per transaction; yields
@@ -126,15 +107,13 @@ class EventPublisher(Protocol):
     @property
     def is_open(self) -> bool: ...
 
-    def publish(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        """Publish all at once and wait for every confirm; unconfirmed ones count as failed."""
-
     def start(self, messages: Sequence[OutboxMessage]) -> PublishInFlight:
         """Hand the batch to the connection without waiting; `finish` waits for its confirms."""
 
     def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
-        """Wait for the confirms of a batch from `start`, as `publish` does. Batches started
-        later may stay in flight; if the connection fails, they fail with this one."""
+        """Wait for every confirm of a batch from `start`; unconfirmed ones count as failed.
+        Batches started later may stay in flight; if the connection fails, they fail with this
+        one."""
 
     def idle(self, seconds: float) -> None:
         """Wait, keeping the connection alive (heartbeats) meanwhile."""

@@ -1,16 +1,10 @@
 """Publishing outbox events to RabbitMQ with pipelined publisher confirms.
 
-pika's BlockingChannel waits for each confirm before `basic_publish` returns: one broker round
-trip per event. This adapter drives pika's asynchronous `SelectConnection` instead: a whole batch
-is written at once, then the I/O loop runs until the broker has acknowledged every delivery tag
-(`multiple=True` acks settle many at a time). Messages are published with `mandatory=True`; a
-message the broker cannot route comes back as `basic.return` *before* its ack, so returns are
-remembered by `message_id` and the following ack is not counted as a success.
-
-`start` hands a batch to pika (buffered; sent while an I/O loop runs) and `finish` runs the loop
-until that batch's confirms are in, so a caller may start the next batch before finishing the
-previous one (the relay keeps two on the wire, and batch k+1 goes out while `finish` waits for
-batch k). Each delivery tag knows its batch; when the connection fails, every batch still
+pika's BlockingChannel waits for each confirm in `basic_publish`; this adapter drives a
+`SelectConnection` instead: `start` writes a whole batch (`mandatory=True`), and `finish` runs the
+I/O loop until the broker has confirmed every delivery tag of that batch, so a caller may start
+the next batch first. A `basic.return` arrives before its ack, so returns are remembered by
+`message_id` and that ack counts as a failure. When the connection fails, every batch still
 waiting fails with it.
 """
 
@@ -232,7 +226,7 @@ class ConfirmingPublisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
-        for batch, event_id in self._settle(int(method.delivery_tag), bool(method.multiple)):
+        for batch, event_id in self._pop_confirmed(int(method.delivery_tag), bool(method.multiple)):
             batch.due -= 1
             returned = self._returned.pop(event_id, None)
             if not acked:
@@ -243,7 +237,7 @@ class ConfirmingPublisher:
                 batch.published.add(event_id)
         self._wake()
 
-    def _settle(self, tag: int, multiple: bool) -> list[tuple[_Batch, str]]:
+    def _pop_confirmed(self, tag: int, multiple: bool) -> list[tuple[_Batch, str]]:
         if not multiple:
             settled = self._unconfirmed.pop(tag, None)
             return [] if settled is None else [settled]

@@ -1,18 +1,16 @@
 """The registration use case: validate, then store the user and its event in one transaction.
 
 Nothing is published here. The event waits in the outbox, committed together with the user, so
-a registration can never exist without its event nor an event without its registration. A caller
-that publishes at once may store the event already claimed (see `after_commit.py`).
+a registration can never exist without its event nor an event without its registration.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from producer_service.ports import Claim, NewUser, OutboxMessage, RegistrationStore
+from producer_service.ports import NewUser, OutboxMessage, RegistrationStore
 from producer_service.validation import validate_registration
 from shared.events import EVENT_TYPE, SCHEMA_VERSION, new_user_registered, serialise
 
@@ -27,8 +25,6 @@ class Registration:
     email: str
     full_name: str | None
     correlation_id: str
-    message: OutboxMessage
-    """The stored event, `id` included, as a publisher sends it."""
 
 
 class RegisterUser:
@@ -45,9 +41,7 @@ class RegisterUser:
         full_name: str | None = None,
         *,
         correlation_id: str | None = None,
-        claim: Claim | None = None,
     ) -> Registration:
-        """Validate and store; with a `claim`, the event is stored claimed by the caller."""
         valid = validate_registration(username, email, full_name)
         now = datetime.now(UTC)
         user = NewUser(
@@ -76,7 +70,7 @@ class RegisterUser:
             created_at=now,
             headers={"schema_version": SCHEMA_VERSION},
         )
-        outbox_id = self._store.add_user_with_event(user, message, claim)
+        self._store.add_user_with_event(user, message)
         return Registration(
             event_id=event.event_id,
             user_id=user.user_id,
@@ -84,5 +78,4 @@ class RegisterUser:
             email=user.email,
             full_name=user.full_name,
             correlation_id=correlation_id,
-            message=dataclasses.replace(message, id=outbox_id),
         )

@@ -1,19 +1,14 @@
-"""The outbox relay: publish pending events in id order, mark them published, tidy up.
+"""The outbox relay, the one publisher of outbox events: `relay`, `register` and `simulate` all
+publish through it.
 
-Publish before mark: an event is marked only after the broker confirmed it and did not return
-it, so a crash between the two publishes it again (the worker deduplicates by `event_id`) but
-never loses it. Batches keep database round trips and confirm waits to one per batch.
+Claim, publish, mark: the claim and the marks are short transactions of their own, and no lock is
+held while the broker confirms. An event is marked only after the broker confirmed it and did
+not return it, so a crash in between publishes it again (the worker deduplicates by `event_id`)
+but never loses it; a claim is a lease, taken over once it runs out.
 
-Claim, publish, mark: the claim and the marks are short transactions of their own, and the
-confirm wait in between holds no database lock, so registrations never queue behind a broker
-that is slow to confirm. A claim is a lease: if this process dies before marking, another
-relay publishes the batch again once the lease has run out.
-
-Two batches on the wire: batch k+1 is claimed and handed to the publisher before batch k's
-confirms are awaited, on the same channel (so still in id order), and its frames go out while
-this process waits for batch k; the broker stores one while this process marks the other.
-Confirms are matched to their batch by delivery tag; if the connection fails, both batches
-fail, and whatever was not confirmed stays pending.
+Two batches are on the wire at a time, on one channel (so still in id order): batch k+1 is
+claimed and written before batch k's confirms are awaited. If the connection fails, both fail,
+and whatever was not confirmed stays pending.
 """
 
 from __future__ import annotations
@@ -22,20 +17,12 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_when_event_set
 
 from producer_service.ports import (
     ClaimedBatch,
@@ -47,7 +34,7 @@ from producer_service.ports import (
     PublishOutcome,
 )
 from producer_service.settings import RelaySettings
-from shared.amqp import BrokerRefused
+from shared.backoff import Doubling, doubled, log_retry, tenacity_wait
 from shared.errors import TransientError
 from shared.logging import event_context, get_logger
 
@@ -57,20 +44,18 @@ PublisherFactory = Callable[[], EventPublisher]
 # attempts (about 8 s of backoff) instead of waiting for the broker forever.
 ONCE_CONNECT_ATTEMPTS: Final = 5
 _MAX_RECONNECT_WAIT_S: Final = 30.0
+_RECONNECT_JITTER_S: Final = 0.5
 _MAX_FAILURE_PAUSE_S: Final = 60.0
 _SWEEP_EVERY_S: Final = 60.0
 # A sweep batch takes a few milliseconds on SQLite, the most a registration then waits for it.
 SWEEP_BATCH_ROWS: Final = 1000
 SWEEP_PAUSE_S: Final = 0.02
-# The pause after a pass that found nothing; later doubled per empty pass up to the poll
-# interval.
-_FIRST_IDLE_PAUSE_S: Final = 0.005
 # Events come in runs: for this many empty passes after one that published (about half a
-# second) the relay keeps polling at the first pause, then slows down. Doubling from the first
-# empty pass had a relay at 50 events/s sleeping 10 to 20 ms between events, which added as
-# much to their latency; the quick passes cost one short transaction each.
+# second) a polling relay keeps to the first pause, then slows down towards the poll interval.
+_FIRST_IDLE_PAUSE_S: Final = 0.005
 _QUICK_IDLE_PASSES: Final = 100
 _IDLE_SLICE_S: Final = 0.25
+_STOP_TIMEOUT_S: Final = 30.0
 _log = get_logger(__name__)
 
 
@@ -83,12 +68,26 @@ class RelayTotals:
 
 @dataclass(frozen=True, slots=True)
 class _OnTheWire:
-    """A claimed batch handed to the publisher; leaving `claim` writes its marks (or, on an
-    error, releases it)."""
+    """A claimed batch handed to the publisher, its confirms still to come."""
 
-    claim: contextlib.ExitStack
     batch: ClaimedBatch
     in_flight: PublishInFlight
+
+    def settle(self, publisher: EventPublisher) -> PublishOutcome:
+        """Wait for the confirms and write the marks; if the wait raises, release the batch."""
+        try:
+            outcome = publisher.finish(self.in_flight)
+        except BaseException:
+            self.release()
+            raise
+        self.batch.mark_published(sorted(outcome.published))
+        self.batch.mark_failed(outcome.failed)
+        self.batch.write_marks()
+        return outcome
+
+    def release(self) -> None:
+        """Give the batch up unmarked: the next pass publishes it again."""
+        self.batch.release()
 
 
 class ConnectionLost(TransientError):
@@ -96,6 +95,10 @@ class ConnectionLost(TransientError):
 
 
 class OutboxRelay:
+    """Publishes the outbox's pending events. With `commits` (an event each registration sets
+    after its commit, as `simulate`'s do), the relay publishes as soon as it is set instead of
+    polling the outbox every few milliseconds."""
+
     def __init__(
         self,
         outbox: OutboxStore,
@@ -103,6 +106,7 @@ class OutboxRelay:
         settings: RelaySettings,
         *,
         stop: threading.Event | None = None,
+        commits: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_progress: Callable[[], None] = lambda: None,
     ) -> None:
@@ -112,8 +116,15 @@ class OutboxRelay:
         self._connect = connect
         self._settings = settings
         self.stop_requested = stop or threading.Event()
+        self._commits = commits
         self._clock = clock
         self.totals = RelayTotals()
+
+    def stop(self) -> None:
+        """Ask `run_forever` to return after the batches on the wire (thread-safe)."""
+        self.stop_requested.set()
+        if self._commits is not None:
+            self._commits.set()  # ends a pause at once
 
     # ---- the two ways to run -----------------------------------------------------------------
 
@@ -135,7 +146,11 @@ class OutboxRelay:
     def run_forever(self) -> RelayTotals:
         """Relay until `stop_requested` is set, reconnecting with backoff when the broker goes."""
         publisher: EventPublisher | None = None
-        failed_passes = database_failures = idle_passes = 0
+        database_outage = Doubling(0.5, _MAX_RECONNECT_WAIT_S)
+        # Events the broker keeps returning would otherwise be retried (and logged) at the
+        # polling rate: back off while nothing gets through.
+        nothing_gets_through = Doubling(self._settings.poll_interval_s, _MAX_FAILURE_PAUSE_S)
+        idle_passes = 0
         next_sweep = self._clock()
         sweeping: Generator[int] | None = None
         try:
@@ -163,24 +178,32 @@ class OutboxRelay:
                     continue
                 except DatabaseUnavailable as error:
                     sweeping = None  # the next sweep starts over
-                    database_failures += 1
-                    pause_s = doubled(0.5, database_failures, _MAX_RECONNECT_WAIT_S)
+                    pause_s = database_outage.failed()
                     _log.warning(
                         "database unavailable; retrying",
-                        attempt=database_failures,
+                        attempt=database_outage.failures,
                         retry_in_s=pause_s,
                         error=str(error),
                     )
                     self._idle(publisher, pause_s)
                     continue
-                database_failures = 0
-                failed_passes = failed_passes + 1 if failed and not published else 0
-                idle_passes = idle_passes + 1 if not (published or failed) else 0
+                database_outage.reset()
+                idle_passes = 0 if published or failed else idle_passes + 1
+                stuck_pause_s = 0.0
+                if failed and not published:
+                    stuck_pause_s = nothing_gets_through.failed()
+                else:
+                    nothing_gets_through.reset()
                 if sweeping is not None:
                     # One batch per pass, then a pause for the registrations waiting.
                     self._idle(publisher, SWEEP_PAUSE_S)
+                elif stuck_pause_s:
+                    # Not cut short by commits: each pass would log every stuck event again.
+                    self._idle(publisher, stuck_pause_s, until_a_commit=False)
+                elif self._commits is not None:
+                    self._idle(publisher, self._settings.poll_interval_s)
                 elif not published:
-                    self._idle(publisher, self._pause_s(failed_passes, idle_passes))
+                    self._idle(publisher, idle_pause_s(idle_passes, self._settings.poll_interval_s))
         finally:
             if sweeping is not None:
                 sweeping.close()
@@ -190,13 +213,13 @@ class OutboxRelay:
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def publish_pending(self, publisher: EventPublisher) -> tuple[int, int]:
-        """One pass over the pending events in id order; returns (published, failed).
+    def publish_pending(
+        self, publisher: EventPublisher, event_ids: Sequence[str] | None = None
+    ) -> tuple[int, int]:
+        """One pass over the pending events (or only those named) in id order; returns
+        (published, failed).
 
-        A failed event does not hold back the ones after it: the pass moves on, and the next
-        pass tries it again. Two batches are on the wire at a time: the next one is claimed and
-        handed over before the previous one's confirms are awaited, so the broker works on one while
-        this process marks the other and claims the next.
+        A failed event does not hold back the ones after it: the next pass tries it again.
         """
         totals = RelayTotals()
         after_id = 0
@@ -207,69 +230,58 @@ class OutboxRelay:
             # A publisher that failed while writing (it closed) takes nothing more: the claims
             # would only count a failed attempt against events never sent.
             while not (lost or self.stop_requested.is_set()) and publisher.is_open:
-                current = self._claim_and_start(publisher, after_id, limit)
+                current = self._claim_and_start(publisher, after_id, limit, event_ids)
                 if current is None:
                     break
                 on_the_wire.append(current)
                 if len(on_the_wire) > 1:
-                    lost = self._settle(publisher, on_the_wire.popleft(), totals)
+                    lost = self._confirm_and_count(publisher, on_the_wire.popleft(), totals)
                 if len(current.batch.messages) < limit:
                     break
                 after_id = current.batch.messages[-1].id
             while on_the_wire:
-                lost = self._settle(publisher, on_the_wire.popleft(), totals) or lost
-        except BaseException as error:
+                lost = self._confirm_and_count(publisher, on_the_wire.popleft(), totals) or lost
+        except BaseException:
             if on_the_wire:
                 # Their confirms and returns may still come, and the next pass publishes these
                 # events again: on this connection a late basic.return of one copy could be
                 # taken for the other's (returns carry the message id, not the delivery tag).
-                # A new connection starts with nothing outstanding.
                 with contextlib.suppress(Exception):
                     publisher.close()
-            # Nothing may stay claimed by a pass that failed: the next one takes the rows again.
             for sent in on_the_wire:
-                sent.claim.__exit__(type(error), error, error.__traceback__)
+                sent.release()
             raise
         if lost:
             raise ConnectionLost("the broker connection failed during a batch")
         return totals.published, totals.failed
 
     def _claim_and_start(
-        self, publisher: EventPublisher, after_id: int, limit: int
+        self,
+        publisher: EventPublisher,
+        after_id: int,
+        limit: int,
+        event_ids: Sequence[str] | None,
     ) -> _OnTheWire | None:
         """Claim the next batch and write it to the broker; None when nothing is pending."""
-        with contextlib.ExitStack() as claim:
-            batch = claim.enter_context(self._outbox.claim_pending(after_id=after_id, limit=limit))
-            if not batch.messages:
-                return None
-            # Handed to the publisher inside this block: if that raises, the claim is released.
-            in_flight = publisher.start(batch.messages)
-            return _OnTheWire(claim.pop_all(), batch, in_flight)
+        batch = self._outbox.claim(after_id=after_id, limit=limit, event_ids=event_ids)
+        if not batch.messages:
+            return None
+        try:
+            return _OnTheWire(batch, publisher.start(batch.messages))
+        except BaseException:
+            batch.release()
+            raise
 
-    def _settle(self, publisher: EventPublisher, sent: _OnTheWire, totals: RelayTotals) -> bool:
-        """Wait for a batch's confirms and mark it; True if the connection failed meanwhile."""
-        with sent.claim:
-            outcome = publisher.finish(sent.in_flight)
-            sent.batch.mark_published(sorted(outcome.published))
-            sent.batch.mark_failed(outcome.failed)
+    def _confirm_and_count(
+        self, publisher: EventPublisher, sent: _OnTheWire, totals: RelayTotals
+    ) -> bool:
+        """Settle a batch on the wire and count it; True if the connection failed meanwhile."""
+        outcome = sent.settle(publisher)
         self._report(sent.batch.messages, outcome)
         self._on_progress()
         totals.published += len(outcome.published)
         totals.failed += len(outcome.failed)
         return outcome.connection_lost
-
-    def publish_events(self, publisher: EventPublisher, event_ids: Sequence[str]) -> frozenset[str]:
-        """Publish these events now, if still pending and not held by a relay."""
-        with self._outbox.claim_pending(
-            after_id=0, limit=len(event_ids), event_ids=event_ids
-        ) as batch:
-            if not batch.messages:
-                return frozenset()
-            outcome = publisher.publish(batch.messages)
-            batch.mark_published(sorted(outcome.published))
-            batch.mark_failed(outcome.failed)
-        self._report(batch.messages, outcome)
-        return outcome.published
 
     def sweep(self) -> int:
         """Delete published rows older than the retention period, batch by batch.
@@ -304,10 +316,10 @@ class OutboxRelay:
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
             # Jitter keeps several relays from reconnecting in lock-step after an outage.
-            wait=wait_exponential(multiplier=0.5, max=_MAX_RECONNECT_WAIT_S) + wait_random(0, 0.5),
+            wait=tenacity_wait(0.5, _MAX_RECONNECT_WAIT_S, _RECONNECT_JITTER_S),
             stop=stop,  # type: ignore[arg-type]
             sleep=self._sleep,
-            before_sleep=_log_retry,
+            before_sleep=log_retry(_log, "broker unavailable; retrying"),
             reraise=True,
         )
         return retrying(self._connect)
@@ -317,9 +329,14 @@ class OutboxRelay:
         self._on_progress()
         self.stop_requested.wait(seconds)
 
-    def _idle(self, publisher: EventPublisher, seconds: float) -> None:
-        # In short slices: a signal sets `stop_requested` but does not interrupt pika's loop.
+    def _idle(
+        self, publisher: EventPublisher, seconds: float, *, until_a_commit: bool = True
+    ) -> None:
+        """Wait `seconds`, or (`until_a_commit`) until a registration commits. In slices: a
+        signal sets `stop_requested` but interrupts no wait; between two slices the
+        connection's I/O runs, so the broker's heartbeats are answered."""
         deadline = self._clock() + seconds
+        commits = self._commits if until_a_commit else None
         while not self.stop_requested.is_set():
             self._on_progress()
             remaining = deadline - self._clock()
@@ -330,14 +347,13 @@ class OutboxRelay:
                 # the reconnect waits for it.
                 self.stop_requested.wait(remaining)
                 return
-            publisher.idle(min(remaining, _IDLE_SLICE_S))
-
-    def _pause_s(self, failed_passes: int, idle_passes: int = 1) -> float:
-        # Events the broker keeps returning would otherwise be retried (and logged) at the
-        # polling rate; back off while nothing gets through.
-        if failed_passes:
-            return doubled(self._settings.poll_interval_s, failed_passes, _MAX_FAILURE_PAUSE_S)
-        return idle_pause_s(idle_passes, self._settings.poll_interval_s)
+            if commits is None:
+                publisher.idle(min(remaining, _IDLE_SLICE_S))
+            elif commits.wait(min(remaining, _IDLE_SLICE_S)):
+                commits.clear()  # before the pass: a commit from now on sets it again
+                return
+            else:
+                publisher.idle(0.0)
 
     def _report(self, messages: Sequence[OutboxMessage], outcome: PublishOutcome) -> None:
         self.totals.published += len(outcome.published)
@@ -352,34 +368,43 @@ class OutboxRelay:
             _log.debug("events published", count=len(outcome.published))
 
 
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    wait_s = state.next_action.sleep if state.next_action else 0.0
-    # A refused login or vhost will not cure itself: an error, though still retried (an operator
-    # may be fixing the broker's users while the relay runs).
-    log = _log.error if isinstance(error, BrokerRefused) else _log.warning
-    log(
-        "broker unavailable; retrying",
-        attempt=state.attempt_number,
-        retry_in_s=round(wait_s, 2),
-        error=str(error),
-    )
+@contextlib.contextmanager
+def relaying_meanwhile(relay: OutboxRelay) -> Iterator[OutboxRelay]:
+    """`relay.run_forever()` on a thread of its own for the block; stopped when it ends.
+
+    Nothing it leaves is lost: a pass stopped halfway leaves its events pending or claimed
+    under a lease, for the next relay.
+    """
+    thread = threading.Thread(target=_run_logging_failures, args=[relay], name="relay")
+    thread.daemon = True
+    thread.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        thread.join(_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            _log.warning(
+                "the relay thread did not stop in time; a relay publishes the rest once "
+                "their leases run out",
+                timeout_s=_STOP_TIMEOUT_S,
+            )
+
+
+def _run_logging_failures(relay: OutboxRelay) -> None:
+    try:
+        relay.run_forever()
+    except Exception as error:  # noqa: BLE001 - the events are safe in the outbox
+        # The type only: the message of an unexpected error could hold a user's data.
+        _log.error(
+            "the relay thread stopped; events wait for a relay", error_type=type(error).__name__
+        )
 
 
 def idle_pause_s(idle_passes: int, poll_interval_s: float) -> float:
     """How long to wait after `idle_passes` passes in a row found nothing to publish.
 
     Right after traffic the next event is likely milliseconds away: poll again soon, then slow
-    down towards the configured interval while the outbox stays empty. A relay that always
-    slept the whole interval would add up to that much to every event's latency.
+    down towards the configured interval while the outbox stays empty.
     """
-    return doubled(_FIRST_IDLE_PAUSE_S, max(idle_passes - _QUICK_IDLE_PASSES, 0), poll_interval_s)
-
-
-def doubled(first_s: float, times: int, cap_s: float) -> float:
-    """`first_s` doubled `times` times, at most `cap_s`.
-
-    The exponent is bounded: the counters keep growing while a relay stays idle (a pass every
-    second for hours), and a float power of two overflows past 2**1023.
-    """
-    return min(first_s * 2.0 ** min(times, 64), cap_s)
+    return doubled(_FIRST_IDLE_PAUSE_S, idle_passes - _QUICK_IDLE_PASSES, poll_interval_s)

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from producer_service.ports import Claim, OutboxMessage
 from producer_service.registration import RegisterUser
 
 # How long the simulation keeps waiting for the relay once the published count stops growing.
@@ -26,14 +25,6 @@ class SimulationProgress(Protocol):
     def registered(self, done: int) -> None: ...
 
     def published(self, done: int) -> None: ...
-
-
-class PublishesAtCommit(Protocol):
-    """Publishes each event right after its registration commits (see after_commit.py)."""
-
-    def claim(self) -> Claim | None: ...
-
-    def submit(self, message: OutboxMessage, claim: Claim) -> None: ...
 
 
 class NoProgress:
@@ -75,10 +66,11 @@ class Simulation:
         stop: threading.Event | None = None,
         settle_s: float = DEFAULT_SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
-        publish_now: PublishesAtCommit | None = None,
+        commits: threading.Event | None = None,
     ) -> None:
         self._register = register
-        self._publish_now = publish_now
+        # Set after each registration: it wakes a relay that publishes at once (`OutboxRelay`).
+        self._commits = commits
         self._count_published = count_published
         self._stop = stop or threading.Event()
         self._settle_s = settle_s
@@ -99,13 +91,12 @@ class Simulation:
                 self._stop.wait(max(0.0, started + number / rate - self._clock()))
             # Unique per run, so repeated simulations against one database never conflict.
             username = f"sim{run_id}_{number}"
-            claim = None if self._publish_now is None else self._publish_now.claim()
             registration = self._register(
-                username, f"{username}@example.com", f"Simulated User {number}", claim=claim
+                username, f"{username}@example.com", f"Simulated User {number}"
             )
             event_ids.append(registration.event_id)
-            if self._publish_now is not None and claim is not None:
-                self._publish_now.submit(registration.message, claim)
+            if self._commits is not None:
+                self._commits.set()
             progress.registered(len(event_ids))
             if progress.live and self._clock() >= next_poll:
                 # Events are published at commit, while the rest are still registering.

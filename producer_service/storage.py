@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from producer_service.ports import (
-    Claim,
     DatabaseUnavailable,
     DuplicateUser,
     NewUser,
@@ -44,17 +43,14 @@ class SqlRegistrationStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
         # The unique constraints decide, races included; only then does a look-up find out
         # which of the two keys was taken, to name it in the message.
         try:
             with self._engine.begin() as connection:
                 # Parameters passed apart from the statement keep its compiled form cached.
                 connection.execute(_INSERT_USER, _user_row(user))
-                insert = _INSERT_EVENT if claim is None else _INSERT_CLAIMED_EVENT
-                outbox_id = connection.execute(insert, _outbox_row(message, claim)).scalar_one()
+                outbox_id = connection.execute(_INSERT_EVENT, _outbox_row(message)).scalar_one()
                 return int(outbox_id)
         except sa.exc.IntegrityError:
             self._raise_if_taken(user)
@@ -80,8 +76,9 @@ class SqlRegistrationStore:
 class _SqlClaimedBatch:
     """Rows claimed under one token; marks are buffered and written in one short transaction."""
 
-    def __init__(self, messages: Sequence[OutboxMessage], token: str) -> None:
+    def __init__(self, engine: Engine, messages: Sequence[OutboxMessage], token: str) -> None:
         self.messages = messages
+        self._engine = engine
         self._token = token
         self._ids = {message.event_id: message.id for message in messages}
         self._published: list[int] = []
@@ -94,7 +91,17 @@ class _SqlClaimedBatch:
         for event_id, reason in failures.items():
             self._failed[self._ids[event_id]] = reason[:_MAX_ERROR_CHARS]
 
-    def write(self, connection: Connection) -> None:
+    def write_marks(self) -> None:
+        if self.messages:
+            _in_transaction(self._engine, self._write)
+
+    def release(self) -> None:
+        # Failing to release must not hide the error that brought the caller here.
+        if self.messages:
+            with suppress(sa.exc.SQLAlchemyError), self._engine.begin() as connection:
+                self._release(connection, list(self._ids.values()))
+
+    def _write(self, connection: Connection) -> None:
         # Each statement touches only rows still claimed under our token: if our lease ran out
         # and another publisher took a row over, its claim and its marks are left alone.
         now = datetime.now(UTC)
@@ -111,12 +118,36 @@ class _SqlClaimedBatch:
                 ],
             )
         marked = {*self._published, *self._failed}
-        self.release(connection, [row_id for row_id in self._ids.values() if row_id not in marked])
+        self._release(connection, [row_id for row_id in self._ids.values() if row_id not in marked])
 
-    def release(self, connection: Connection, ids: Sequence[int] | None = None) -> None:
-        """Give up the claim on `ids` (default: the whole batch) without marking them."""
-        for chunk in _slices(list(self._ids.values()) if ids is None else ids):
+    def _release(self, connection: Connection, ids: Sequence[int]) -> None:
+        for chunk in _slices(ids):
             connection.execute(_RELEASE, {"row_ids": chunk, "token": self._token})
+
+
+def relax_commits(engine: Engine) -> Engine:
+    """Let `engine`'s commits return before they reach the disk; for the outbox's claims and
+    marks only, whose loss a power cut can afford.
+
+    A claim lost leaves its rows pending, as before it; a mark lost publishes its event again,
+    a duplicate the worker absorbs. What must outlive a power cut, the registration itself,
+    commits through another engine: on SQLite its FULL commit syncs the whole WAL, these
+    frames included. Without this, a relay pass per event (claim, mark) would add two disk
+    syncs to each registration's one, all taking turns for SQLite's write lock.
+    """
+    sqlite = is_sqlite(engine)
+
+    @sa.event.listens_for(engine, "connect")
+    def _relax(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        if sqlite:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        else:
+            cursor.execute("SET synchronous_commit = off")
+            dbapi_connection.commit()  # a session setting, kept by the pooled connection
+        cursor.close()
+
+    return engine
 
 
 class SqlOutboxStore:
@@ -138,27 +169,29 @@ class SqlOutboxStore:
         self._claim_next = _claim_statement(by_event_id=False, skip_locked=skip_locked)
         self._claim_named = _claim_statement(by_event_id=True, skip_locked=skip_locked)
 
+    def claim(
+        self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
+    ) -> _SqlClaimedBatch:
+        token = uuid.uuid4().hex
+        messages = _in_transaction(
+            self._engine,
+            lambda connection: self._claim(connection, token, after_id, limit, event_ids),
+        )
+        return _SqlClaimedBatch(self._engine, messages, token)
+
     @contextmanager
     def claim_pending(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
     ) -> Iterator[_SqlClaimedBatch]:
-        token = uuid.uuid4().hex
-        messages = self._in_transaction(
-            lambda connection: self._claim(connection, token, after_id, limit, event_ids)
-        )
-        with self.claimed(messages, token) as batch:
-            yield batch
-
-    @contextmanager
-    def claimed(self, messages: Sequence[OutboxMessage], token: str) -> Iterator[_SqlClaimedBatch]:
-        batch = _SqlClaimedBatch(messages, token)
+        """`claim` as a block: its marks are written when it ends, everything is released if
+        it raises."""
+        batch = self.claim(after_id=after_id, limit=limit, event_ids=event_ids)
         try:
             yield batch
         except BaseException:
-            self._release_after_error(batch)
+            batch.release()
             raise
-        if batch.messages:
-            self._in_transaction(batch.write)
+        batch.write_marks()
 
     def _claim(
         self,
@@ -182,17 +215,6 @@ class SqlOutboxStore:
         # RETURNING keeps no order; the relay publishes in id order.
         return sorted((_message(row) for row in connection.execute(claim, parameters)), key=_by_id)
 
-    def _release_after_error(self, batch: _SqlClaimedBatch) -> None:
-        # The lease would free the rows anyway; releasing them now lets the next pass retry them
-        # at once. Failing to release must not hide the error that brought us here.
-        if batch.messages:
-            with suppress(sa.exc.SQLAlchemyError), self._engine.begin() as connection:
-                batch.release(connection)
-
-    def _in_transaction(self, work: Callable[[Connection], _T]) -> _T:
-        with _database_errors_are_transient(), self._engine.begin() as connection:
-            return work(connection)
-
     def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
         """Delete rows published before `cutoff`, `batch_size` at a time; yields each count.
 
@@ -204,10 +226,11 @@ class SqlOutboxStore:
         """
         resume: dict[str, Any] | None = None
         while True:
-            deleted, resume = self._in_transaction(
+            deleted, resume = _in_transaction(
+                self._engine,
                 functools.partial(
                     _delete_published_batch, cutoff=cutoff, resume=resume, limit=batch_size
-                )
+                ),
             )
             if self._sqlite and deleted:
                 checkpoint_quietly(self._engine)
@@ -229,21 +252,10 @@ class SqlOutboxStore:
 
 
 # ---- statements ------------------------------------------------------------------------------
-# Built once, with every value a bound parameter: building a statement and computing its cache
-# key on each call cost SQLAlchemy several times what SQLite spends running it.
+# Built once, every value a bound parameter: SQLAlchemy then builds and caches each only once.
 
 _INSERT_USER: Final = users.insert()
 _INSERT_EVENT: Final = outbox.insert().returning(outbox.c.id)
-# Stored claimed by the publisher that registers it, for `lease_s` seconds of the database's
-# clock from the insert.
-_INSERT_CLAIMED_EVENT: Final = (
-    outbox.insert()
-    .values(
-        claim_token=sa.bindparam("p_claim_token"),
-        claimed_until=db_now() + sa.bindparam("p_lease_s"),
-    )
-    .returning(outbox.c.id)
-)
 _CLAIMED_BY_US: Final = outbox.c.claim_token == sa.bindparam("token")
 _ROW_IDS: Final = outbox.c.id.in_(sa.bindparam("row_ids", expanding=True))
 _MARK_PUBLISHED: Final = (
@@ -304,10 +316,9 @@ def _delete_published_batch(
 def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
     """Pick, claim and return up to `limit` pending rows after `after_id`, in one statement.
 
-    RETURNING (SQLite 3.35+, any PostgreSQL): a SELECT and then an UPDATE naming each id cost
-    half as much again. The pick is a CTE, not a subquery: PostgreSQL may run a locking subquery
-    once per row it joins (claiming more than `limit` rows), but evaluates a FOR UPDATE CTE
-    exactly once.
+    RETURNING needs SQLite 3.35+ (any PostgreSQL). The pick is a CTE, not a subquery:
+    PostgreSQL may run a locking subquery once per row it joins (claiming more than `limit`
+    rows), but evaluates a FOR UPDATE CTE exactly once.
     """
     pending = (
         sa.select(outbox.c.id)
@@ -338,12 +349,12 @@ def _claim_statement(*, by_event_id: bool, skip_locked: bool) -> sa.Update:
     )
 
 
-@contextmanager
-def _database_errors_are_transient() -> Iterator[None]:
+def _in_transaction(engine: Engine, work: Callable[[Connection], _T]) -> _T:
     # Connection loss, a restarting server, SQLite's "database is locked": the relay waits and
     # tries again instead of exiting. Errors in the SQL itself stay what they are.
     try:
-        yield
+        with engine.begin() as connection:
+            return work(connection)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
         raise DatabaseUnavailable(f"database unavailable ({reason_of(error)})") from error
 
@@ -360,8 +371,8 @@ def _user_row(user: NewUser) -> dict[str, Any]:
     }
 
 
-def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
-    row = {
+def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
+    return {
         "event_id": message.event_id,
         "event_type": message.event_type,
         "routing_key": message.routing_key,
@@ -370,10 +381,6 @@ def _outbox_row(message: OutboxMessage, claim: Claim | None) -> dict[str, Any]:
         "correlation_id": message.correlation_id,
         "created_at": message.created_at,
     }
-    if claim is not None:  # unclaimed rows leave the columns to their default (NULL)
-        row["p_claim_token"] = claim.token
-        row["p_lease_s"] = claim.lease_s
-    return row
 
 
 _MESSAGE_COLUMNS: Final = (
@@ -393,8 +400,7 @@ def _by_id(message: OutboxMessage) -> int:
 
 
 def _message(row: Sequence[Any]) -> OutboxMessage:
-    # Unpacked by position (the order of _MESSAGE_COLUMNS): a named look-up per column cost a
-    # third of claiming a batch.
+    # By position, in the order of _MESSAGE_COLUMNS.
     row_id, event_id, event_type, routing_key, payload, headers, correlation_id, created_at = row
     if created_at.tzinfo is None:  # SQLite keeps no zone; every value written is UTC
         created_at = created_at.replace(tzinfo=UTC)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from producer_service.ports import Claim, NewUser, OutboxMessage
+from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from producer_service.validation import FULL_NAME_MAX, ValidationError
 from shared.events import InvalidEvent, parse_user_registered
@@ -64,9 +64,7 @@ class _CapturingStore:
     def __init__(self) -> None:
         self.messages: list[OutboxMessage] = []
 
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
         self.messages.append(message)
         return len(self.messages)
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from email_consumer import failure_headers
-from producer_service.ports import Claim, NewUser, OutboxMessage
+from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from shared import topology
 from shared.events import to_dict
@@ -69,9 +69,7 @@ class _CapturingStore:
     def __init__(self) -> None:
         self.messages: list[OutboxMessage] = []
 
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
         self.messages.append(message)
         return 1
 

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from producer_service.bootstrap import Producer, bootstrap
-from producer_service.ports import Claim, OutboxMessage, PublishInFlight, PublishOutcome
+from producer_service.ports import OutboxMessage, PublishInFlight, PublishOutcome
 from producer_service.registration import RegisterUser
 from producer_service.relay import OutboxRelay
 from producer_service.schema import COMPONENT, MIGRATIONS, outbox, upgrade
@@ -150,10 +150,10 @@ def test_a_registration_commits_while_a_batch_waits_for_its_confirms(
 
 
 def test_a_live_claim_is_skipped_by_another_relay(
-    amqp_url: str, database_url: str, producer: Producer
+    amqp_url: str, database_url: str, producer: Producer, engine: sa.Engine
 ) -> None:
-    held, free = _register(producer.engine, "alice", "bob"), _register(producer.engine, "carol")
-    other_relay = SqlOutboxStore(producer.engine, lease_s=HOUR_S)
+    held, free = _register(engine, "alice", "bob"), _register(engine, "carol")
+    other_relay = SqlOutboxStore(engine, lease_s=HOUR_S)
 
     with other_relay.claim_pending(after_id=0, limit=2) as batch:
         assert _ids(batch.messages) == held
@@ -165,15 +165,15 @@ def test_a_live_claim_is_skipped_by_another_relay(
 
 
 def test_an_expired_claim_is_taken_over_and_published_once_without_being_clobbered(
-    amqp_url: str, database_url: str, producer: Producer
+    amqp_url: str, database_url: str, producer: Producer, engine: sa.Engine
 ) -> None:
-    events = _register(producer.engine, "alice", "bob")
-    stalled_relay = SqlOutboxStore(producer.engine, lease_s=HOUR_S)
+    events = _register(engine, "alice", "bob")
+    stalled_relay = SqlOutboxStore(engine, lease_s=HOUR_S)
 
     with stalled_relay.claim_pending(after_id=0, limit=10) as stalled:
         assert _ids(stalled.messages) == events
         # It died, or stalled, after claiming, and its lease ended an hour ago.
-        _pass_time_on_claims(producer.engine, 2 * HOUR_S)
+        _pass_time_on_claims(engine, 2 * HOUR_S)
         assert producer.relay().run_once().published == 2
         # Its marks, when it comes back, touch nothing: the rows are someone else's now.
         stalled.mark_failed(dict.fromkeys(events, "no confirm within 10 s"))
@@ -244,55 +244,6 @@ def test_a_database_from_before_the_claims_is_upgraded_and_its_pending_rows_publ
         engine.dispose()
 
 
-def test_an_event_stored_claimed_is_the_relays_only_once_its_lease_has_run_out(
-    engine: sa.Engine,
-) -> None:
-    # What `simulate` does: the registration stores its event already claimed by its publisher.
-    register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
-    store = SqlOutboxStore(engine, lease_s=HOUR_S)
-    live = Claim("publisher-at-commit", 60, time.monotonic() + 60)
-    held = register("alice", "alice@example.com", claim=live)
-    free = register("bob", "bob@example.com")
-
-    with store.claim_pending(after_id=0, limit=10) as batch:
-        assert _ids(batch.messages) == [free.event_id]
-        batch.mark_published([free.event_id])
-
-    _pass_time_on_claims(engine, 61)  # the claimant died: its lease runs out
-    with store.claim_pending(after_id=0, limit=10) as batch:
-        assert _ids(batch.messages) == [held.event_id]
-
-
-def test_marks_under_a_claim_made_at_insert_publish_and_release_only_that_claims_rows(
-    engine: sa.Engine, database_url: str
-) -> None:
-    register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
-    store = SqlOutboxStore(engine, lease_s=HOUR_S)
-    ours = Claim("ours", 60, time.monotonic() + 60)
-    published, released = (
-        register(name, f"{name}@example.com", claim=ours) for name in ("alice", "bob")
-    )
-    theirs = register(
-        "carol", "carol@example.com", claim=Claim("theirs", 60, time.monotonic() + 60)
-    )
-
-    with store.claimed([published.message, released.message, theirs.message], "ours") as batch:
-        batch.mark_published([published.event_id, theirs.event_id])
-
-    rows = {row.event_id: row for row in outbox_rows(database_url)}
-    assert rows[published.event_id].published_at is not None
-    assert rows[published.event_id].claim_token is None
-    assert (rows[released.event_id].published_at, rows[released.event_id].claim_token) == (
-        None,
-        None,
-    )
-    # Another claimant's row is left exactly as it was, whatever this batch says about it.
-    assert (rows[theirs.event_id].published_at, rows[theirs.event_id].claim_token) == (
-        None,
-        "theirs",
-    )
-
-
 def test_a_relay_whose_clock_runs_ahead_takes_over_no_live_claim(
     database_url: str, engine: sa.Engine
 ) -> None:
@@ -307,26 +258,3 @@ def test_a_relay_whose_clock_runs_ahead_takes_over_no_live_claim(
         batch.mark_published(events)
 
     assert _published(database_url) == events
-
-
-def test_an_event_stored_claimed_by_a_process_whose_clock_runs_behind_is_not_taken_over(
-    database_url: str, engine: sa.Engine
-) -> None:
-    # `simulate` on a host whose clock is an hour behind stores its event claimed for a minute.
-    held = run_shifted(-HOUR_S, "register-claimed", database_url)
-
-    assert 0 < _lease_left_s(engine, held) <= LEASE_S
-    with SqlOutboxStore(engine, lease_s=HOUR_S).claim_pending(after_id=0, limit=10) as batch:
-        assert _ids(batch.messages) == []
-
-
-def test_an_event_stored_claimed_by_a_process_whose_clock_runs_ahead_is_the_relays_after_the_lease(
-    database_url: str, engine: sa.Engine
-) -> None:
-    # Its clock an hour ahead: should it die now, the relay must wait one lease, not an hour more.
-    held = run_shifted(HOUR_S, "register-claimed", database_url)
-
-    assert 0 < _lease_left_s(engine, held) <= LEASE_S
-    _pass_time_on_claims(engine, LEASE_S)
-    with SqlOutboxStore(engine, lease_s=HOUR_S).claim_pending(after_id=0, limit=10) as batch:
-        assert _ids(batch.messages) == [held]

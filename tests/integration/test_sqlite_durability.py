@@ -1,4 +1,5 @@
-"""Every SQLite connection the services open commits durably: `synchronous=FULL` in WAL mode.
+"""Every SQLite connection the services open commits durably (`synchronous=FULL` in WAL mode),
+but the outbox relay's, whose claims and marks a power cut may undo (`relax_commits`).
 
 With NORMAL, WAL mode syncs the log only at checkpoints, and a commit (a registration `register`
 confirmed, the worker's "sent" mark) can roll back after a power cut. A power cut cannot be
@@ -18,6 +19,7 @@ from producer_service.bootstrap import bootstrap
 from shared.settings import Environment
 from tests.support.producer import producer_env
 
+NORMAL = 1
 FULL = 2
 WAL = "wal"
 
@@ -45,7 +47,10 @@ def test_the_producers_connections_commit_durably(tmp_path: Path) -> None:
     env = producer_env("amqp://guest:guest@127.0.0.1:5672/", f"sqlite:///{tmp_path}/p.sqlite3")
     producer = bootstrap(Environment(env))
     try:
-        assert _pragmas(producer.engine) == [(FULL, WAL)] * 3
+        registrations, outbox = producer.engines
+        assert _pragmas(registrations) == [(FULL, WAL)] * 3
+        # Losing a claim leaves its row pending; losing a mark publishes an event again.
+        assert _pragmas(outbox) == [(NORMAL, WAL)] * 3
     finally:
         producer.close()
 

@@ -1,21 +1,21 @@
 """In-memory stand-ins for the producer's ports, for unit tests of its pure core.
 
 `FakeOutbox` keeps the real store's rules that the core relies on: claimed rows are skipped
-until their lease runs out, marks are written only when a batch's block ends normally, only
-under the claim's token, and whatever was not marked is released.
+until their lease runs out, marks are written only by `write_marks`, only under the claim's
+token, and whatever was not marked is released. It stores registrations too, as the database
+holds both tables.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from producer_service.ports import (
-    Claim,
     DuplicateUser,
     NewUser,
     OutboxMessage,
@@ -36,6 +36,8 @@ class FakeRow:
 
 @dataclass
 class FakeBatch:
+    outbox: FakeOutbox
+    token: str
     messages: Sequence[OutboxMessage]
     published: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -46,10 +48,18 @@ class FakeBatch:
     def mark_failed(self, failures: Mapping[str, str]) -> None:
         self.failed.update(failures)
 
+    def write_marks(self) -> None:
+        self.outbox.write_marks(self)
+
+    def release(self) -> None:
+        self.outbox.release(self)
+
 
 class FakeOutbox:
     def __init__(self, count: int = 0) -> None:
         self.rows = [FakeRow(fake_message(number)) for number in range(1, count + 1)]
+        self.users: list[NewUser] = []
+        self._tokens = itertools.count(1)
         self.deleted_before: list[datetime] = []
         self.mark_writes = 0
         self.sweep_batches: list[int] = []
@@ -57,20 +67,14 @@ class FakeOutbox:
         self.journal: list[str] = []
         """"claim" per claim, "sweep" per sweep batch, in the order they ran."""
 
-    def add(self, message: OutboxMessage, claim: Claim | None = None) -> OutboxMessage:
-        """Store an event (claimed, when given a claim) as a registration does."""
-        stored = replace(message, id=len(self.rows) + 1)
-        row = FakeRow(stored)
-        if claim is not None:
-            # The fake's "database clock" is this process's wall clock.
-            row.claim_token, row.claimed_until = claim.token, time.time() + claim.lease_s
-        self.rows.append(row)
-        return stored
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
+        self.users.append(user)
+        self.rows.append(FakeRow(replace(message, id=len(self.rows) + 1)))
+        return len(self.rows)
 
-    @contextmanager
-    def claim_pending(
+    def claim(
         self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
-    ) -> Iterator[FakeBatch]:
+    ) -> FakeBatch:
         self.journal.append("claim")
         now = time.time()
         picked = [
@@ -81,40 +85,34 @@ class FakeOutbox:
             and (row.claimed_until is None or row.claimed_until < now)
             and (event_ids is None or row.message.event_id in event_ids)
         ][:limit]
-        token = f"relay-{now}"
+        token = f"relay-{next(self._tokens)}"
         for row in picked:
             row.claim_token, row.claimed_until = token, now + 60
-        with self.claimed([row.message for row in picked], token) as batch:
-            yield batch
+        return FakeBatch(self, token, [row.message for row in picked])
 
-    @contextmanager
-    def claimed(self, messages: Sequence[OutboxMessage], token: str) -> Iterator[FakeBatch]:
-        batch = FakeBatch(messages)
-        ours = [
-            row
-            for row in self.rows
-            if row.claim_token == token and row.message.event_id in {m.event_id for m in messages}
-        ]
-        try:
-            yield batch
-        except BaseException:
-            self._release(ours)
-            raise
-        if messages:
+    def write_marks(self, batch: FakeBatch) -> None:
+        if batch.messages:
             self.mark_writes += 1
-        for row in ours:
+        for row in self._claimed_by(batch):
             if row.message.event_id in batch.published:
                 row.published_at = datetime.now(UTC)
                 row.attempts += 1
             elif row.message.event_id in batch.failed:
                 row.attempts += 1
                 row.last_error = batch.failed[row.message.event_id]
-        self._release(ours)
+        self.release(batch)
 
-    @staticmethod
-    def _release(rows: Sequence[FakeRow]) -> None:
-        for row in rows:
+    def release(self, batch: FakeBatch) -> None:
+        for row in self._claimed_by(batch):
             row.claim_token = row.claimed_until = None
+
+    def _claimed_by(self, batch: FakeBatch) -> list[FakeRow]:
+        ids = {message.event_id for message in batch.messages}
+        return [
+            row
+            for row in self.rows
+            if row.claim_token == batch.token and row.message.event_id in ids
+        ]
 
     def sweep_published_before(self, cutoff: datetime, batch_size: int) -> Iterator[int]:
         self.deleted_before.append(cutoff)
@@ -194,9 +192,7 @@ class FakeRegistrationStore:
         self.duplicate = duplicate
         self.stored: list[tuple[NewUser, OutboxMessage]] = []
 
-    def add_user_with_event(
-        self, user: NewUser, message: OutboxMessage, claim: Claim | None = None
-    ) -> int:
+    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
         if self.duplicate:
             raise DuplicateUser(f"username {user.username!r} is already registered")
         self.stored.append((user, message))

@@ -5,9 +5,7 @@ seconds off before any of the service's modules is imported (so a default argume
 at import is off too), then does one thing against the database and prints its result as JSON:
 
 - `relay-claim`: claim what a relay may claim (lease 60 s), print the claimed event ids, and
-  leave the block without marks, which releases them;
-- `register-claimed`: register one user with its event stored claimed by a publisher at commit
-  (lease 60 s), as `simulate` does; print the event id.
+  leave the block without marks, which releases them.
 
 It stands for another host sharing a PostgreSQL database, whose clock disagrees with the
 database's; on SQLite, a process whose clock is wrong in Python only.
@@ -19,7 +17,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,35 +55,10 @@ def _relay_claim(database_url: str) -> list[str]:
         engine.dispose()
 
 
-def _register_claimed(database_url: str) -> str:
-    from producer_service.after_commit import PublishAfterCommit
-    from producer_service.registration import RegisterUser
-    from producer_service.storage import SqlOutboxStore, SqlRegistrationStore
-    from shared.database import create_database_engine
-    from shared.topology import ROUTING_KEY
-
-    engine = create_database_engine(database_url)
-    try:
-        outbox = SqlOutboxStore(engine, lease_s=LEASE_S)
-        # Never entered: only its claims are used, as a registering thread takes them.
-        publisher = PublishAfterCommit(
-            outbox, _no_broker, lease_s=LEASE_S, confirm_timeout_s=5, batch_size=10
-        )
-        name = f"user{uuid.uuid4().hex[:8]}"
-        register = RegisterUser(SqlRegistrationStore(engine), routing_key=ROUTING_KEY)
-        return register(name, f"{name}@example.com", claim=publisher.claim()).event_id
-    finally:
-        engine.dispose()
-
-
-def _no_broker() -> Any:
-    raise AssertionError("this process publishes nothing")
-
-
 def main() -> None:
     shift_s, action, database_url = float(sys.argv[1]), sys.argv[2], sys.argv[3]
     _shift_clock(shift_s)
-    actions = {"relay-claim": _relay_claim, "register-claimed": _register_claimed}
+    actions = {"relay-claim": _relay_claim}
     print(json.dumps(actions[action](database_url)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,9 @@ from shared.events import UserRegistered, new_user_registered
 EVENT_ID = "6f1c0c3e-8a8e-4d55-9a39-3f7f4b8a2c11"
 
 
+OCCURRED_AT = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
 def _event(
     username: str = "alice",
     email_address: str = "alice@example.com",
@@ -29,6 +33,9 @@ def _event(
         email=email_address,
         full_name=full_name,
         event_id=EVENT_ID,
+        # Fixed: the Date header is the event's time, and two renders compared byte for byte
+        # must not straddle a second.
+        occurred_at=OCCURRED_AT,
     )
 
 

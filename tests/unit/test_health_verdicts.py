@@ -160,7 +160,7 @@ def test_the_metered_publisher_counts_what_the_broker_said_and_times_it() -> Non
     metrics = RelayMetrics()
     publisher = metrics.metered(lambda: fake)()
     assert publisher.finish(publisher.start([])) is outcome
-    assert publisher.publish([]) is outcome
+    assert publisher.finish(publisher.start([])) is outcome
     sample = metrics.registry.get_sample_value
     assert sample("producer_relay_events_total", {"outcome": "published"}) == 4
     assert sample("producer_relay_events_total", {"outcome": "returned"}) == 2

@@ -44,7 +44,7 @@ class _Clock:
 
 
 def test_the_published_count_advances_while_users_are_still_registering() -> None:
-    def register(username: str, email: str, full_name: str, *, claim: object) -> _Registered:
+    def register(username: str, email: str, full_name: str) -> _Registered:
         return _Registered(event_id=username)
 
     # Events are published at commit: all but the newest are out whenever someone asks.
@@ -73,7 +73,7 @@ def test_a_display_nobody_watches_is_not_polled_while_registering() -> None:
         asked.append(len(ids))
         return len(ids)
 
-    def register(username: str, email: str, full_name: str, *, claim: object) -> _Registered:
+    def register(username: str, email: str, full_name: str) -> _Registered:
         return _Registered(event_id=username)
 
     Simulation(register, count, clock=_Clock()).run(40)  # type: ignore[arg-type]

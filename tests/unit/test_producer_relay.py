@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,8 +15,9 @@ from producer_service.ports import (
     PublishInFlight,
     PublishOutcome,
 )
-from producer_service.relay import OutboxRelay, doubled, idle_pause_s
+from producer_service.relay import OutboxRelay, idle_pause_s
 from producer_service.settings import RelaySettings
+from shared.backoff import doubled
 from shared.errors import TransientError
 from tests.support.producer_fakes import FakeBatch, FakeInFlight, FakeOutbox, FakePublisher
 
@@ -110,15 +110,13 @@ def test_a_database_error_with_a_batch_on_the_wire_releases_it_and_drops_the_con
     class OutboxDownAfterOneClaim(FakeOutbox):
         claims = 0
 
-        @contextmanager
-        def claim_pending(
+        def claim(
             self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
-        ) -> Iterator[FakeBatch]:
+        ) -> FakeBatch:
             self.claims += 1
             if self.claims > 1:
                 raise DatabaseUnavailable("database is locked")
-            with super().claim_pending(after_id=after_id, limit=limit) as batch:
-                yield batch
+            return super().claim(after_id=after_id, limit=limit)
 
     outbox, publisher = OutboxDownAfterOneClaim(6), FakePublisher()
 
@@ -144,14 +142,15 @@ def test_nothing_more_is_claimed_once_the_connection_failed_while_writing() -> N
     assert [row.attempts for row in never_sent] == [0, 0, 0]
 
 
-def test_publish_events_publishes_only_the_named_events() -> None:
+def test_a_pass_over_named_events_publishes_only_those() -> None:
     outbox, publisher = FakeOutbox(3), FakePublisher()
 
-    published = OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_events(
-        publisher, ["event-2"]
+    published = OutboxRelay(outbox, lambda: publisher, SETTINGS).publish_pending(
+        publisher, event_ids=["event-2"]
     )
 
-    assert published == {"event-2"}
+    assert published == (1, 0)
+    assert publisher.sent == [2]
     assert outbox.pending() == [1, 3]
 
 
@@ -228,15 +227,13 @@ def test_run_forever_waits_out_a_database_outage() -> None:
     class FlakyOutbox(FakeOutbox):
         failures = 1
 
-        @contextmanager
-        def claim_pending(
+        def claim(
             self, *, after_id: int, limit: int, event_ids: Sequence[str] | None = None
-        ) -> Iterator[FakeBatch]:
+        ) -> FakeBatch:
             if self.failures:
                 self.failures -= 1
                 raise DatabaseUnavailable("database unavailable (OperationalError)")
-            with super().claim_pending(after_id=after_id, limit=limit, event_ids=event_ids) as b:
-                yield b
+            return super().claim(after_id=after_id, limit=limit, event_ids=event_ids)
 
     outbox, publisher = FlakyOutbox(2), FakePublisher()
     stop = threading.Event()
