@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale-repeats",
         type=int,
         metavar="N",
-        help="throughput runs per size in the scale section, best kept (default: 2)",
+        help="throughput runs per size in the scale section, median kept (default: 3)",
     )
     parser.add_argument(
         "--scale-stress-rows",

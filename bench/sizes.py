@@ -30,8 +30,8 @@ class Sizes:
     """Rows stored beforehand in the scale section (users, outbox events, processed events)."""
     scale_events: int = 5_000
     """Registrations, relayed events and emails per throughput run of the scale section."""
-    scale_repeats: int = 2
-    """Throughput runs per database size, interleaved; the best is kept."""
+    scale_repeats: int = 3
+    """Throughput runs per database size, interleaved; the median is kept."""
     scale_stress_rows: int = 0
     """Eligible rows of the scale section's no-failure check (0: not run; the issue's 4M)."""
     scale_databases: tuple[str, ...] = ("sqlite", "postgresql")

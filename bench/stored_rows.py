@@ -14,6 +14,7 @@ loaded, which gives the bytes per stored row (indexes included).
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,9 +29,11 @@ from producer_service.schema import outbox, upgrade, users
 from producer_service.validation import email_key, username_key
 from shared.database import create_database_engine, is_sqlite
 from shared.events import EVENT_TYPE, SCHEMA_VERSION, new_user_registered, serialise
+from shared.ids import uuid7
 from shared.topology import ROUTING_KEY
 
 _CHUNK = 10_000
+_IDS_SINCE = datetime.now(UTC)
 _HEADERS = json.dumps({"schema_version": SCHEMA_VERSION}, separators=(",", ":"))
 
 
@@ -69,7 +72,8 @@ def load_consumer(url: str, rows: int, age: timedelta) -> float:
             processed_events,
             (
                 {
-                    "event_id": str(uuid.uuid4()),
+                    # The producer's time-ordered event id, of an event sent a moment after.
+                    "event_id": _stored_id(age, number, f"event {number}"),
                     "status": "sent",
                     "claim_token": None,
                     "lease_until": None,
@@ -160,6 +164,14 @@ def _moment(age: timedelta, number: int) -> datetime:
     return datetime.now(UTC) - age + timedelta(milliseconds=number)
 
 
+def _stored_id(age: timedelta, number: int, seed: str) -> str:
+    # What shared.ids gives the `number`th row, `age` ago. Seeded and timed from one moment of
+    # this process, so that the user's row and its event, built apart, carry the same user id.
+    moment = _IDS_SINCE - age + timedelta(milliseconds=number)
+    seeded = random.Random(seed)
+    return str(uuid7(lambda: int(moment.timestamp() * 1e9), seeded.getrandbits))
+
+
 def _identity(tag: str, number: int) -> tuple[str, str, str | None]:
     username = f"{tag}{number}"
     return username, f"{username}@example.com", f"Stored User {number}" if number % 2 else None
@@ -169,7 +181,7 @@ def _user_rows(rows: int, age: timedelta, tag: str) -> Iterator[dict[str, Any]]:
     for number in range(rows):
         username, email, full_name = _identity(tag, number)
         yield {
-            "user_id": str(uuid.uuid5(uuid.NAMESPACE_URL, username)),
+            "user_id": _stored_id(age, number, username),
             "username": username,
             "username_key": username_key(username),
             "email": email,
@@ -184,11 +196,12 @@ def _outbox_rows(rows: int, age: timedelta, tag: str) -> Iterator[dict[str, Any]
         username, email, full_name = _identity(tag, number)
         created = _moment(age, number)
         event = new_user_registered(
-            user_id=str(uuid.uuid5(uuid.NAMESPACE_URL, username)),
+            user_id=_stored_id(age, number, username),
             username=username,
             email=email,
             full_name=full_name,
             occurred_at=created,
+            event_id=_stored_id(age, number, f"event {username}"),
         )
         yield {
             "event_id": event.event_id,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from producer_service.ports import NewUser, OutboxMessage, RegistrationStore
 from producer_service.validation import validate_registration
 from shared.events import EVENT_TYPE, SCHEMA_VERSION, new_user_registered, serialise
+from shared.ids import new_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,8 @@ class RegisterUser:
         valid = validate_registration(username, email, full_name)
         now = datetime.now(UTC)
         user = NewUser(
-            user_id=str(uuid.uuid4()),
+            # Time-ordered: the key of the users table's primary-key index (shared/ids.py).
+            user_id=new_id(),
             username=valid.username,
             email=valid.email,
             full_name=valid.full_name,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from shared.errors import PermanentError
+from shared.ids import new_id
 
 EVENT_TYPE: Final = "user_registered"
 SCHEMA_VERSION: Final = 1
@@ -69,9 +70,12 @@ def new_user_registered(
     occurred_at: datetime | None = None,
     event_id: str | None = None,
 ) -> UserRegistered:
-    """Build a new event with a fresh id, stamped now (UTC) unless told otherwise."""
+    """Build a new event with a fresh id, stamped now (UTC) unless told otherwise.
+
+    The id is time-ordered (shared/ids.py): the outbox and the worker's records index it.
+    """
     return UserRegistered(
-        event_id=event_id or str(uuid.uuid4()),
+        event_id=event_id or new_id(),
         occurred_at=occurred_at or datetime.now(UTC),
         data=RegisteredUser(user_id=user_id, username=username, email=email, full_name=full_name),
     )
