@@ -2,18 +2,21 @@
 
 Every name derives from the two contract names, so the worker's retry and dead-letter plumbing
 can be found by prefix (`email_consumer.user_registered.`). Both services declare the same
-topology with the same arguments: RabbitMQ refuses a redeclaration whose arguments differ.
+topology with the same arguments: RabbitMQ refuses a redeclaration whose arguments differ, and
+that refusal is how a service starting on a broker whose topology is not its own finds out.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import pika.exceptions
 from pika.exchange_type import ExchangeType
 
-from shared.errors import TransientError
+from shared.display import printable, quoted
+from shared.errors import ConfigError, TransientError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -28,7 +31,10 @@ DEAD_LETTER_QUEUE: Final = f"{QUEUE}.dlq"
 DEAD_LETTER_EXCHANGE: Final = f"{QUEUE}.dlx"
 RETRY_EXCHANGE: Final = f"{QUEUE}.retry"
 # Deliveries of one message (crashes, requeues) before the broker dead-letters it itself, so an
-# event that kills the worker every time cannot loop forever.
+# event that kills the worker every time cannot loop forever. Set explicitly, so RabbitMQ 4's
+# default of 20 for a quorum queue declared without one never decides instead. (The retry queues
+# have none on purpose: nothing consumes from them, so they count no delivery on any version;
+# their messages leave by TTL only.)
 DELIVERY_LIMIT: Final = 10
 DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
@@ -89,30 +95,68 @@ class TopologyMissing(TransientError):
     """The broker lacks part of the topology and this user may not declare it."""
 
 
+class TopologyMismatch(ConfigError):
+    """An exchange or queue exists with other arguments than this version declares.
+
+    Configuration, not an outage: running on it would mean another delivery limit (RabbitMQ 4
+    gives 20 to a quorum queue declared without one), another dead-letter target or queue type
+    than the code and docs/CONTRACT.md promise. A service refuses to start on it.
+    """
+
+
+# RabbitMQ's PRECONDITION_FAILED text for a redeclaration (3.10 and 4.x alike), e.g.
+# "inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '10' but current
+# is '20'"; the vhost is left out of the line, the URL says it.
+_INEQUIVALENT: Final = re.compile(
+    r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>[^']*)'"
+    r" in vhost '[^']*': (?P<detail>.*)"
+)
+_DETAIL_LIMIT: Final = 160
+
+
+def mismatch_message(reply_text: str) -> str:
+    """One line saying which entity and which argument differ, from the broker's refusal."""
+    found = _INEQUIVALENT.search(reply_text)
+    if found is None:
+        what = printable(reply_text.removeprefix("PRECONDITION_FAILED - "), _DETAIL_LIMIT)
+        return f"the broker's topology differs from this version's: {what}"
+    return (
+        f"{found['kind']} {quoted(found['name'], 80)} differs from this version's topology "
+        f"({printable(found['argument'], 40)}: {printable(found['detail'], _DETAIL_LIMIT)}); "
+        "re-create it as docs/CONTRACT.md lists"
+    )
+
+
 def declare_topology(
     channel: BlockingChannel, *, retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S
 ) -> None:
-    """Make sure exchanges, queues and bindings exist; a no-op when they already do.
+    """Make sure exchanges, queues and bindings exist as this version declares them.
 
-    The names are checked passively first: a least-privilege user (see
-    docker/rabbitmq/definitions.json) may not declare anything, and the definitions file has
-    created the topology already. Only what is missing is declared, which needs a user with
-    the configure permission (a local development broker's). Each step runs on a channel of
-    its own, because a refusal closes the channel it happens on and the caller's must stay open.
+    Declaring is idempotent, and RabbitMQ compares every argument of an existing exchange or
+    queue with the declaration (PRECONDITION_FAILED when one differs, measured on 3.10.8 and
+    4.0.5 for each argument this module sets): declaring is also the start-up check, and a
+    difference raises `TopologyMismatch`. A least-privilege user (see
+    docker/rabbitmq/definitions.json) may not declare anything, even what exists: for it the
+    names are checked passively, and the arguments are those of the definitions file, which
+    tests/security/test_broker_permissions.py holds equal to this module's. Each step runs on a
+    channel of its own, because a refusal closes the channel it happens on and the caller's
+    must stay open.
     """
     connection = channel.connection
-    if _all_exist(connection, retry_delays_s):
-        return
     work = connection.channel()
     try:
         _declare(work, retry_delays_s)
     except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _PRECONDITION_FAILED:
+            raise TopologyMismatch(mismatch_message(error.reply_text)) from None
         if error.reply_code != _ACCESS_REFUSED:
             raise
-        raise TopologyMissing(
-            "the topology is incomplete and this user may not declare it; "
-            "load docker/rabbitmq/definitions.json into the broker"
-        ) from None
+        if not _all_exist(connection, retry_delays_s):
+            raise TopologyMissing(
+                "the topology is incomplete and this user may not declare it; "
+                "load docker/rabbitmq/definitions.json into the broker"
+            ) from None
+        return
     work.close()
 
 
