@@ -10,11 +10,8 @@ for an event that arrives carrying a forged `x-death`.
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 
-import pika
 import pytest
 
 from shared import topology
@@ -25,6 +22,7 @@ from tests.support.worker import (
     TEST_RETRY_DELAYS,
     dead_letters,
     new_event,
+    publish,
     running_worker,
 )
 
@@ -33,36 +31,18 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 FORGED_DEATH = [{"count": 50, "reason": "expired", "queue": topology.retry_queue_name(1)}]
 
 
-def _publish_with_forged_death(amqp_url: str, event_id: str, body: bytes) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        topology.declare_topology(channel, retry_delays_s=TEST_RETRY_DELAYS)
-        channel.confirm_delivery()
-        properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent,
-            content_type="application/json",
-            message_id=event_id,
-            type="user_registered",
-            app_id="producer_service",
-            timestamp=int(time.time()),
-            correlation_id=str(uuid.uuid4()),
-            headers={"schema_version": 1, "x-death": FORGED_DEATH},
-        )
-        channel.basic_publish(
-            topology.EXCHANGE, topology.ROUTING_KEY, body, properties=properties, mandatory=True
-        )
-    finally:
-        connection.close()
-
-
 def test_retries_are_counted_by_the_worker_whatever_x_death_says(
     amqp_url: str, smtp_server: SmtpTestServer, tmp_path: Path
 ) -> None:
     smtp_server.stop()
     event = new_event()
     with running_worker(amqp_url, smtp_server.environment(), tmp_path):
-        _publish_with_forged_death(amqp_url, event.event_id, serialise(event))
+        publish(
+            amqp_url,
+            serialise(event),
+            message_id=event.event_id,
+            extra_headers={"x-death": FORGED_DEATH},
+        )
         wait_until(lambda: len(dead_letters(amqp_url)) == 1, what="the dead letter")
     [dead] = dead_letters(amqp_url)
     assert dead.properties.message_id == event.event_id
