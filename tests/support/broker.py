@@ -60,9 +60,12 @@ def broker_answers(url: str, timeout_s: float = 3.0) -> bool:
 class BrokerAdmin:
     """Administers the test broker: virtual hosts and connections."""
 
-    def __init__(self, base_url: str, rabbitmqctl: list[str]) -> None:
+    def __init__(self, base_url: str, rabbitmqctl: list[str], root: Path = Path("/")) -> None:
+        """`root`: where the broker's file system starts on this machine (a root filesystem's
+        node reports its log files as it sees them)."""
         self.base_url = base_url
         self._rabbitmqctl = rabbitmqctl
+        self._root = root
         self.user = urlsplit(base_url).username or "guest"
         self._deleting: list[subprocess.Popen[bytes]] = []
 
@@ -74,8 +77,16 @@ class BrokerAdmin:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
-    def url_for(self, vhost: str) -> str:
+    def host_path(self, broker_path: str) -> Path:
+        """A path the broker reported (a log file, say), as this machine sees it."""
+        return self._root / broker_path.lstrip("/")
+
+    def url_for(self, vhost: str, user: str | None = None, password: str | None = None) -> str:
+        """`vhost` on the test broker, as its admin user or as `user`/`password`."""
         parts = urlsplit(self.base_url)
+        if user is not None:
+            credentials = f"{quote(user, safe='')}:{quote(password or '', safe='')}"
+            parts = parts._replace(netloc=f"{credentials}@{parts.hostname}:{parts.port or 5672}")
         return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
 
     def add_vhost(self, vhost: str) -> str:
@@ -145,7 +156,7 @@ def session_broker() -> Iterator[BrokerAdmin]:
     except RabbitNodeError as error:
         raise BrokerUnreachable(f"the TEST_RABBITMQ_ROOT broker did not start: {error}") from None
     try:
-        yield BrokerAdmin(node.amqp_url, node.cli_command())
+        yield BrokerAdmin(node.amqp_url, node.cli_command(), root=node.install.root)
     finally:
         node.destroy()
 
