@@ -128,7 +128,10 @@ def mismatch_message(reply_text: str) -> str:
 
 
 def declare_topology(
-    channel: BlockingChannel, *, retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S
+    channel: BlockingChannel,
+    *,
+    retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S,
+    warn_old_dead_letter_queue: bool = True,
 ) -> None:
     """Make sure exchanges, queues and bindings exist as this version declares them.
 
@@ -140,12 +143,13 @@ def declare_topology(
     names are checked passively, and the arguments are those of the definitions file, which
     tests/security/test_broker_permissions.py holds equal to this module's. Each step runs on a
     channel of its own, because a refusal closes the channel it happens on and the caller's
-    must stay open.
+    must stay open. `warn_old_dead_letter_queue=False`: for the DLQ tools, which refuse or
+    migrate a DLQ declared the old way themselves.
     """
     connection = channel.connection
     work = connection.channel()
     try:
-        _declare(work, retry_delays_s)
+        _declare(work, retry_delays_s, warn_old_dead_letter_queue)
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == _PRECONDITION_FAILED:
             raise TopologyMismatch(mismatch_message(error.reply_text)) from None
@@ -172,11 +176,18 @@ def bindings(retry_delays_s: Sequence[int]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
+def _declare(
+    channel: BlockingChannel, retry_delays_s: Sequence[int], warn_old_dead_letter_queue: bool
+) -> None:
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
-    _declare_dead_letter_queue(channel.connection)
+    if not _declare_dead_letter_queue(channel.connection) and warn_old_dead_letter_queue:
+        _log.warning(
+            "the dead-letter queue was declared by an older version (a quorum queue); "
+            "run `email-consumer dlq migrate` before listing it",
+            queue=DEAD_LETTER_QUEUE,
+        )
     channel.queue_declare(QUEUE, durable=True, arguments=main_queue_arguments())
     for delay_s in retry_delays_s:
         channel.queue_declare(
@@ -186,8 +197,8 @@ def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int]) -> None:
         channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
-def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
-    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is.
+def _declare_dead_letter_queue(connection: BlockingConnection) -> bool:
+    """Declare the DLQ; one declared the old way (a quorum queue) is left as it is (False).
 
     Redeclaring it with other arguments fails (PRECONDITION_FAILED), and replacing it would
     have to move its messages: that is the operator's `email-consumer dlq` tools' job (see
@@ -201,13 +212,9 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> None:
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code != _PRECONDITION_FAILED:
             raise
-        _log.warning(
-            "the dead-letter queue was declared by an older version (a quorum queue); "
-            "run `email-consumer dlq migrate` before listing it",
-            queue=DEAD_LETTER_QUEUE,
-        )
-        return
+        return False
     channel.close()
+    return True
 
 
 def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
