@@ -158,6 +158,11 @@ class Worker:
             while not self._stopping.is_set():
                 session.connection.process_data_events(time_limit=_POLL_S)
                 self._status.loop_ran()
+                if session.consume_channel.is_closed:
+                    # The broker closed it, the connection stays: a consumer timeout does that
+                    # (PRECONDITION_FAILED on 3.10 and 4.0). Its deliveries went back to the
+                    # queue; consuming again takes a new session, as after a lost connection.
+                    raise BrokerUnavailable("the broker closed the consuming channel")
                 if session.cancelled_by_broker:
                     self._subscribe_again(session)
                 self._maybe_housekeep()

@@ -2,18 +2,21 @@
 
 Every name derives from the two contract names, so the worker's retry and dead-letter plumbing
 can be found by prefix (`email_consumer.user_registered.`). Both services declare the same
-topology with the same arguments: RabbitMQ refuses a redeclaration whose arguments differ.
+topology with the same arguments: RabbitMQ refuses a redeclaration whose arguments differ, and
+that refusal is how a service starting on a broker whose topology is not its own finds out.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import pika.exceptions
 from pika.exchange_type import ExchangeType
 
-from shared.errors import TransientError
+from shared.display import printable, quoted
+from shared.errors import ConfigError, TransientError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -28,7 +31,10 @@ DEAD_LETTER_QUEUE: Final = f"{QUEUE}.dlq"
 DEAD_LETTER_EXCHANGE: Final = f"{QUEUE}.dlx"
 RETRY_EXCHANGE: Final = f"{QUEUE}.retry"
 # Deliveries of one message (crashes, requeues) before the broker dead-letters it itself, so an
-# event that kills the worker every time cannot loop forever.
+# event that kills the worker every time cannot loop forever. Set explicitly, so RabbitMQ 4's
+# default of 20 for a quorum queue declared without one never decides instead. (The retry queues
+# have none on purpose: nothing consumes from them, so they count no delivery on any version;
+# their messages leave by TTL only.)
 DELIVERY_LIMIT: Final = 10
 DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
@@ -55,6 +61,7 @@ _AT_LEAST_ONCE_DEAD_LETTERING: Final = {
 # node down, and a bigger cluster does not copy every message onto every node (RabbitMQ's
 # default without the argument).
 CLUSTER_QUORUM_REPLICAS: Final = 3
+_REPLICAS_ARGUMENT: Final = "x-quorum-initial-group-size"
 
 
 def quorum_replicas(listed_nodes: int) -> int | None:
@@ -64,7 +71,7 @@ def quorum_replicas(listed_nodes: int) -> int | None:
 
 
 def _replica_argument(replicas: int | None) -> dict[str, Any]:
-    return {} if replicas is None else {"x-quorum-initial-group-size": replicas}
+    return {} if replicas is None else {_REPLICAS_ARGUMENT: replicas}
 
 
 def main_queue_arguments(replicas: int | None = None) -> dict[str, Any]:
@@ -109,31 +116,74 @@ class TopologyMissing(TransientError):
     """The broker lacks part of the topology and this user may not declare it."""
 
 
-def declare_topology(
-    channel: BlockingChannel, *, retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S
-) -> None:
-    """Make sure exchanges, queues and bindings exist; a no-op when they already do.
+class TopologyMismatch(ConfigError):
+    """An exchange or queue exists with other arguments than this version declares.
 
-    The names are checked passively first: a least-privilege user (see
-    docker/rabbitmq/definitions.json) may not declare anything, and the definitions file has
-    created the topology already. Only what is missing is declared, which needs a user with
-    the configure permission (a local development broker's). Each step runs on a channel of
-    its own, because a refusal closes the channel it happens on and the caller's must stay open.
+    Configuration, not an outage: running on it would mean another delivery limit (RabbitMQ 4
+    gives 20 to a quorum queue declared without one), another dead-letter target or queue type
+    than the code and docs/CONTRACT.md promise. A service refuses to start on it.
+    """
+
+
+# RabbitMQ's PRECONDITION_FAILED text for a redeclaration (3.10 and 4.x alike), e.g.
+# "inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '10' but current
+# is '20'"; the vhost is left out of the line, the URL says it.
+_INEQUIVALENT: Final = re.compile(
+    r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>[^']*)'"
+    r" in vhost '[^']*': (?P<detail>.*)"
+)
+_DETAIL_LIMIT: Final = 160
+
+
+def mismatch_message(reply_text: str) -> str:
+    """One line saying which entity and which argument differ, from the broker's refusal."""
+    found = _INEQUIVALENT.search(reply_text)
+    if found is None:
+        what = printable(reply_text.removeprefix("PRECONDITION_FAILED - "), _DETAIL_LIMIT)
+        return f"the broker's topology differs from this version's: {what}"
+    return (
+        f"{found['kind']} {quoted(found['name'], 80)} differs from this version's topology "
+        f"({printable(found['argument'], 40)}: {printable(found['detail'], _DETAIL_LIMIT)}); "
+        "re-create it as docs/CONTRACT.md lists"
+    )
+
+
+def declare_topology(
+    channel: BlockingChannel,
+    *,
+    retry_delays_s: Sequence[int] = DEFAULT_RETRY_DELAYS_S,
+    warn_old_dead_letter_queue: bool = True,
+) -> None:
+    """Make sure exchanges, queues and bindings exist as this version declares them.
+
+    Declaring is idempotent, and RabbitMQ compares every argument of an existing exchange or
+    queue with the declaration (PRECONDITION_FAILED when one differs, measured on 3.10.8 and
+    4.0.5 for each argument this module sets): declaring is also the start-up check, and a
+    difference raises `TopologyMismatch`. A least-privilege user (see
+    docker/rabbitmq/definitions.json) may not declare anything, even what exists: for it the
+    names are checked passively, and the arguments are those of the definitions file, which
+    tests/security/test_broker_permissions.py holds equal to this module's. Each step runs on a
+    channel of its own, because a refusal closes the channel it happens on and the caller's
+    must stay open. `warn_old_dead_letter_queue=False`: for the DLQ tools, which refuse or
+    migrate a DLQ declared the old way themselves.
     """
     connection = channel.connection
-    if _all_exist(connection, retry_delays_s):
-        return
     work = connection.channel()
     try:
         # A shared.amqp.BrokerConnection knows how many nodes AMQP_URL lists; others count one.
-        _declare(work, retry_delays_s, quorum_replicas(getattr(connection, "listed_nodes", 1)))
+        replicas = quorum_replicas(getattr(connection, "listed_nodes", 1))
+        _declare(work, retry_delays_s, replicas, warn_old_dead_letter_queue)
     except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == _PRECONDITION_FAILED:
+            raise TopologyMismatch(mismatch_message(error.reply_text)) from None
         if error.reply_code != _ACCESS_REFUSED:
             raise
-        raise TopologyMissing(
-            "the topology is incomplete and this user may not declare it; "
-            "load docker/rabbitmq/definitions.json into the broker"
-        ) from None
+        if not _all_exist(connection, retry_delays_s):
+            raise TopologyMissing(
+                "the topology is incomplete and this user may not declare it; "
+                "load docker/rabbitmq/definitions.json into the broker"
+            ) from None
+        return
     work.close()
 
 
@@ -149,35 +199,55 @@ def bindings(retry_delays_s: Sequence[int]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _declare(channel: BlockingChannel, retry_delays_s: Sequence[int], replicas: int | None) -> None:
+def _declare(
+    channel: BlockingChannel,
+    retry_delays_s: Sequence[int],
+    replicas: int | None,
+    warn_old_dead_letter_queue: bool,
+) -> None:
     channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType.topic, durable=True)
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
     channel.exchange_declare(RETRY_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)
-    dead_letter_queue_up = _declare_dead_letter_queue(channel.connection)
-    _declare_missing_queue(channel, QUEUE, main_queue_arguments(replicas))
+    dead_letter_queue_up = _declare_dead_letter_queue(
+        channel.connection, warn_old=warn_old_dead_letter_queue
+    )
+    _declare_quorum_queue(channel.connection, QUEUE, main_queue_arguments(replicas))
     for delay_s in retry_delays_s:
-        _declare_missing_queue(
-            channel, retry_queue_name(delay_s), retry_queue_arguments(delay_s, replicas)
+        _declare_quorum_queue(
+            channel.connection, retry_queue_name(delay_s), retry_queue_arguments(delay_s, replicas)
         )
     for exchange, queue, routing_key in bindings(retry_delays_s):
         if queue != DEAD_LETTER_QUEUE or dead_letter_queue_up:
             channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
-def _declare_missing_queue(channel: BlockingChannel, queue: str, arguments: dict[str, Any]) -> None:
-    """Declare `queue` unless it exists: RabbitMQ refuses a redeclaration whose replica count
-    differs (PRECONDITION_FAILED), and a queue declared before AMQP_URL listed a cluster, or
-    by a service listing other nodes, must not stop this one."""
-    if _queue_exists(channel.connection, queue):
+def _declare_quorum_queue(
+    connection: BlockingConnection, queue: str, arguments: dict[str, Any]
+) -> None:
+    """Declare `queue` as this version does; every argument is compared but the replica count.
+
+    RabbitMQ refuses a redeclaration whose `x-quorum-initial-group-size` differs, yet that
+    count only matters when a queue is created: a queue declared before AMQP_URL listed a
+    cluster, or by a service listing other nodes, must not stop this one. Such a refusal is
+    answered by declaring again without the count; if the queue has a count of its own, that
+    second refusal names it too, and the rest cannot be compared from here.
+    """
+    attempts = (arguments, {k: v for k, v in arguments.items() if k != _REPLICAS_ARGUMENT})
+    for attempt in attempts:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue, durable=True, arguments=attempt)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != _PRECONDITION_FAILED or _REPLICAS_ARGUMENT not in str(
+                error.reply_text
+            ):
+                raise
+            continue
+        channel.close()
         return
-    channel.queue_declare(queue, durable=True, arguments=arguments)
 
 
-def _queue_exists(connection: BlockingConnection, queue: str) -> bool:
-    return _exist(connection, exchanges=(), queues=(queue,))
-
-
-def _declare_dead_letter_queue(connection: BlockingConnection) -> bool:
+def _declare_dead_letter_queue(connection: BlockingConnection, *, warn_old: bool) -> bool:
     """Declare the DLQ; one declared the old way (a quorum queue) is left as it is. False when
     the DLQ exists but its node is down.
 
@@ -204,11 +274,12 @@ def _declare_dead_letter_queue(connection: BlockingConnection) -> bool:
             return False
         if error.reply_code != _PRECONDITION_FAILED:
             raise
-        _log.warning(
-            "the dead-letter queue was declared by an older version (a quorum queue); "
-            "run `email-consumer dlq migrate` before listing it",
-            queue=DEAD_LETTER_QUEUE,
-        )
+        if warn_old:
+            _log.warning(
+                "the dead-letter queue was declared by an older version (a quorum queue); "
+                "run `email-consumer dlq migrate` before listing it",
+                queue=DEAD_LETTER_QUEUE,
+            )
         return True
     channel.close()
     return True

@@ -6,18 +6,20 @@ skips, so a green run means the integration tests really ran.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.broker import BrokerAdmin, BrokerUnreachable, connect_test_broker, new_vhost_name
+from tests.support.broker import BrokerAdmin, BrokerUnreachable, new_vhost_name, session_broker
 from tests.support.postgres import (
     PostgresUnreachable,
     admin_postgres_url,
     create_database,
     drop_database,
 )
+from tests.support.rabbit_install import ROOT_VARIABLE, RabbitInstallError, configured_install
 from tests.support.rabbit_node import private_rabbit
 from tests.support.smtp import SmtpTestServer
 
@@ -39,14 +41,25 @@ def _restore_root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def pytest_report_header() -> str:
+    """Which RabbitMQ the private nodes (and, with TEST_RABBITMQ_ROOT, the shared broker) run."""
+    try:
+        install = configured_install()
+    except RabbitInstallError as error:
+        return f"RabbitMQ: {error}"
+    where = f"from {ROOT_VARIABLE}={install.root}" if install.in_own_root else "installed"
+    return f"RabbitMQ for private nodes: {install.version} ({where})"
+
+
 @pytest.fixture(scope="session")
 def broker_admin() -> Iterator[BrokerAdmin]:
-    try:
-        admin = connect_test_broker()
-    except BrokerUnreachable as error:
-        pytest.fail(str(error), pytrace=False)
-    yield admin
-    admin.finish_deletions()
+    with contextlib.ExitStack() as stack:
+        try:
+            admin = stack.enter_context(session_broker())
+        except BrokerUnreachable as error:
+            pytest.fail(str(error), pytrace=False)
+        yield admin
+        admin.finish_deletions()
 
 
 @pytest.fixture

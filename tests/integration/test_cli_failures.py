@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -155,20 +154,20 @@ def own_user(broker_admin: BrokerAdmin, vhost: str) -> Iterator[tuple[str, str]]
     broker_admin.ctl("delete_user", user, check=False)
 
 
-def _url(user: str, password: str, vhost: str) -> str:
-    return f"amqp://{user}:{quote(password, safe='')}@127.0.0.1:5672/{quote(vhost, safe='')}"
-
-
 @pytest.mark.parametrize("refusal", ["password", "vhost"])
 def test_a_refused_login_or_vhost_stops_worker_and_relay_at_start_up_with_exit_2(
-    refusal: str, own_user: tuple[str, str], vhost: str, tmp_path: Path
+    refusal: str,
+    broker_admin: BrokerAdmin,
+    own_user: tuple[str, str],
+    vhost: str,
+    tmp_path: Path,
 ) -> None:
     user, password = own_user
     wrong_password = "wrong-" + password
     url = (
-        _url(user, wrong_password, vhost)
+        broker_admin.url_for(vhost, user, wrong_password)
         if refusal == "password"
-        else _url(user, password, f"{vhost}-missing")
+        else broker_admin.url_for(f"{vhost}-missing", user, password)
     )
     expected = "user name or password" if refusal == "password" else "virtual host"
 
@@ -186,11 +185,11 @@ def test_a_refused_login_or_vhost_stops_worker_and_relay_at_start_up_with_exit_2
 
 
 def test_register_with_refused_credentials_stores_and_says_so(
-    own_user: tuple[str, str], vhost: str, tmp_path: Path
+    broker_admin: BrokerAdmin, own_user: tuple[str, str], vhost: str, tmp_path: Path
 ) -> None:
     user, password = own_user
     database_url = f"sqlite:///{tmp_path}/p.sqlite3"
-    env = producer_env(_url(user, "wrong-" + password, vhost), database_url)
+    env = producer_env(broker_admin.url_for(vhost, user, "wrong-" + password), database_url)
 
     result = run_producer("register", "alice", "alice@example.com", env=env)
 
@@ -213,7 +212,8 @@ def test_a_refusal_while_running_is_retried_with_one_error_line_per_attempt(
 ) -> None:
     user, password = own_user
     log_path = tmp_path / "service.log"
-    with _service(command, _url(user, password, vhost), tmp_path, log_path) as process:
+    url = broker_admin.url_for(vhost, user, password)
+    with _service(command, url, tmp_path, log_path) as process:
         started = '"consuming"' if command == "worker" else '"publisher connected"'
         wait_until(lambda: started in log_path.read_text(), what="the service's connection")
         broker_admin.ctl("change_password", user, "changed-" + password)
@@ -297,7 +297,11 @@ def test_a_metrics_port_in_use_exits_2_in_one_line(tmp_path: Path) -> None:
 
 def _broker_log(broker_admin: BrokerAdmin) -> Path:
     status = json.loads(broker_admin.ctl("status", "--formatter", "json"))
-    logs = [Path(p) for p in status["log_files"] if p.endswith(".log") and "upgrade" not in p]
+    logs = [
+        broker_admin.host_path(p)
+        for p in status["log_files"]
+        if p.endswith(".log") and "upgrade" not in p
+    ]
     if not logs or not logs[0].is_file():
         pytest.fail(f"the test broker's log file cannot be read: {status['log_files']}")
     return logs[0]

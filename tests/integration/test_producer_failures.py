@@ -169,7 +169,7 @@ def test_an_international_domain_is_stored_and_published_in_ascii(
         (
             ("frobnicate",),
             "producer-service: error: argument COMMAND: invalid choice: 'frobnicate' "
-            "(choose from 'register', 'relay', 'simulate') (see producer-service --help)",
+            "(choose from 'register', 'relay', 'simulate', 'health') (see producer-service --help)",
         ),
     ],
 )

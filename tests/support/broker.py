@@ -3,15 +3,20 @@
 Topology names are fixed by the contract, so tests that ran in one virtual host would see each
 other's queues. Each test gets its own vhost instead, created with rabbitmqctl (locally, or in
 the compose container on a machine that has only Docker) and deleted afterwards.
+
+With TEST_RABBITMQ_ROOT set (`make test-rabbitmq4`) and no TEST_AMQP_URL, the session's broker is
+a private node of the RabbitMQ in that root filesystem, started for the run and removed after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -19,6 +24,8 @@ import pika
 import pika.exceptions
 
 from tests.support.compose import DEMO_BROKER_PASSWORDS, published_port
+from tests.support.rabbit_install import RabbitInstallError, configured_install
+from tests.support.rabbit_node import RabbitNode, RabbitNodeError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -53,9 +60,12 @@ def broker_answers(url: str, timeout_s: float = 3.0) -> bool:
 class BrokerAdmin:
     """Administers the test broker: virtual hosts and connections."""
 
-    def __init__(self, base_url: str, rabbitmqctl: list[str]) -> None:
+    def __init__(self, base_url: str, rabbitmqctl: list[str], root: Path = Path("/")) -> None:
+        """`root`: where the broker's file system starts on this machine (a root filesystem's
+        node reports its log files as it sees them)."""
         self.base_url = base_url
         self._rabbitmqctl = rabbitmqctl
+        self._root = root
         self.user = urlsplit(base_url).username or "guest"
         self._deleting: list[subprocess.Popen[bytes]] = []
 
@@ -67,8 +77,16 @@ class BrokerAdmin:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
-    def url_for(self, vhost: str) -> str:
+    def host_path(self, broker_path: str) -> Path:
+        """A path the broker reported (a log file, say), as this machine sees it."""
+        return self._root / broker_path.lstrip("/")
+
+    def url_for(self, vhost: str, user: str | None = None, password: str | None = None) -> str:
+        """`vhost` on the test broker, as its admin user or as `user`/`password`."""
         parts = urlsplit(self.base_url)
+        if user is not None:
+            credentials = f"{quote(user, safe='')}:{quote(password or '', safe='')}"
+            parts = parts._replace(netloc=f"{credentials}@{parts.hostname}:{parts.port or 5672}")
         return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
 
     def add_vhost(self, vhost: str) -> str:
@@ -119,6 +137,28 @@ def ready_count(amqp_url: str, queue: str) -> int:
         return int(declared.method.message_count)
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def session_broker() -> Iterator[BrokerAdmin]:
+    """The test run's broker: TEST_AMQP_URL's or the local one, or (TEST_RABBITMQ_ROOT set) a
+    private node of the RabbitMQ in that root, destroyed when the block ends."""
+    try:
+        own_root = configured_install().in_own_root
+    except RabbitInstallError as error:
+        raise BrokerUnreachable(str(error)) from None
+    if "TEST_AMQP_URL" in os.environ or not own_root:
+        yield connect_test_broker()
+        return
+    try:
+        node = RabbitNode()
+        node.start()
+    except RabbitNodeError as error:
+        raise BrokerUnreachable(f"the TEST_RABBITMQ_ROOT broker did not start: {error}") from None
+    try:
+        yield BrokerAdmin(node.amqp_url, node.cli_command(), root=node.install.root)
+    finally:
+        node.destroy()
 
 
 def connect_test_broker() -> BrokerAdmin:

@@ -34,11 +34,7 @@ def free_port() -> int:
         raise RuntimeError(f"no ports below the ephemeral range ({_EPHEMERAL_RANGE})")
     for _attempt in range(200):
         port = random.randint(_LOWEST_PORT, highest)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # taken: try another
+        if _bindable(port):
             return port
     raise RuntimeError(f"no free port between {_LOWEST_PORT} and {highest}")
 
@@ -50,3 +46,22 @@ def taken_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         yield int(listener.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive ports nothing listens on now (same race as free_port)."""
+    highest = _ephemeral_start() - size
+    for _attempt in range(200):
+        first = random.randint(_LOWEST_PORT, highest)
+        if all(_bindable(port) for port in range(first, first + size)):
+            return first
+    raise RuntimeError(f"no {size} free consecutive ports between {_LOWEST_PORT} and {highest}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -14,13 +14,16 @@ folder and its own Erlang cookie. Start-up takes about five seconds.
 The node runs as the `rabbitmq` user when the tests run as root (RabbitMQ's own scripts would
 switch to that user too), otherwise as the current user. Whatever happens in the test, teardown
 kills the node and removes its folder.
+
+Which RabbitMQ runs is tests/support/rabbit_install.py's business: the installed one, or RabbitMQ
+4 from the root filesystem TEST_RABBITMQ_ROOT names (`make test-rabbitmq4`); `install=` picks one
+for a single node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -38,14 +41,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_port_block
+from tests.support.rabbit_install import RabbitInstall, RabbitInstallError, configured_install
 
-# The scripts behind /usr/sbin's wrappers: the wrappers `su` to rabbitmq, which resets HOME and
-# with it the cookie this node uses. The environment variables below replace what they set.
-RABBITMQ_BIN: Final = Path(os.environ.get("RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
-RABBITMQ_USER: Final = "rabbitmq"
+# The nodes run the scripts behind /usr/sbin's wrappers: the wrappers `su` to rabbitmq, which
+# resets HOME and with it the cookie this node uses. The environment below replaces what they set.
 START_TIMEOUT_S: Final = 90.0
 STOP_TIMEOUT_S: Final = 60.0
+_CLI_PORTS: Final = 10
 
 
 class RabbitNodeError(RuntimeError):
@@ -70,18 +73,35 @@ class RabbitNode:
         tls: TlsFiles | None = None,
         definitions: Path | None = None,
         extra_config: str = "",
+        advanced_config: str = "",
+        install: RabbitInstall | None = None,
     ) -> None:
         """`definitions`: a definitions file loaded at boot, as docker-compose's broker does
-        (then there is no `guest` user and `amqp_url` does not apply; use `url_for`)."""
+        (then there is no `guest` user and `amqp_url` does not apply; use `url_for`).
+        `advanced_config`: the Erlang terms of advanced.config, for settings rabbitmq.conf lacks.
+        `install`: which RabbitMQ to run (default: TEST_RABBITMQ_ROOT's, else the installed one)."""
+        try:
+            self.install = install or configured_install()
+            self._account = self.install.account()
+        except RabbitInstallError as error:
+            raise RabbitNodeError(str(error)) from None
         self.name = f"test-{secrets.token_hex(6)}@localhost"
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.amqps_port: int | None = free_port() if tls else None
-        self.folder = Path(tempfile.mkdtemp(prefix="rabbit-node-"))
-        self._runs_as = _node_user()
+        # The CLI tools' own distribution ports (default: dist port + 10000 and up, which may be
+        # taken); a block, because vhost deletions run several rabbitmqctl at once.
+        self._cli_ports = free_port_block(_CLI_PORTS)
+        # A root filesystem's node gets its own epmd; the host's nodes share the host's.
+        self._epmd_port = free_port() if self.install.in_own_root else None
+        self._epmd: subprocess.Popen[bytes] | None = None
+        self.folder = Path(
+            tempfile.mkdtemp(prefix="rabbit-node-", dir=self.install.scratch_parent())
+        )
         self._tls = tls
         self._definitions = definitions
         self._extra_config = extra_config
+        self._advanced_config = advanced_config
         self._process: subprocess.Popen[bytes] | None = None
         self._prepare_folder()
 
@@ -111,19 +131,17 @@ class RabbitNode:
         """Start the node (again, with the same data) and wait until AMQP answers."""
         if self.running:
             return
+        self._start_epmd()
         output = (self.folder / "server.out").open("ab")
         try:
             self._process = subprocess.Popen(
-                [str(RABBITMQ_BIN / "rabbitmq-server")],
-                env=self._environment(),
+                self.install.command("rabbitmq-server", self._environment()),
                 cwd=self.folder,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 # Its own process group, so kill() reaches the shell, beam and its helpers.
                 start_new_session=True,
-                user=self._os_user,
-                group=self._os_user,
             )
         finally:
             output.close()
@@ -159,8 +177,12 @@ class RabbitNode:
         self.start()
 
     def destroy(self) -> None:
-        """Kill the node and remove its folder; safe to call more than once."""
+        """Kill the node (and its epmd) and remove its folder; safe to call more than once."""
         self.kill()
+        if self._epmd is not None:
+            self._epmd.kill()
+            self._epmd.wait(timeout=30)
+            self._epmd = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> RabbitNode:
@@ -179,6 +201,10 @@ class RabbitNode:
     def rabbitmqctl(self, *args: str, check: bool = True, timeout_s: float = 120.0) -> str:
         """Run `rabbitmqctl -n <this node> ARGS`; returns stdout, raises on failure if `check`."""
         return self._cli("rabbitmqctl", *args, check=check, timeout_s=timeout_s)
+
+    def cli_command(self, tool: str = "rabbitmqctl") -> list[str]:
+        """argv of `tool -n <this node>`, to run with further arguments and nothing else."""
+        return self.install.command(tool, self._environment(), "-n", self.name)
 
     def sync_metadata(self) -> None:
         """Flush the node's Ra directories to disk now instead of within their 0.5-5 s timers.
@@ -205,15 +231,12 @@ class RabbitNode:
     def _cli(self, tool: str, *args: str, check: bool, timeout_s: float) -> str:
         try:
             result = subprocess.run(
-                [str(RABBITMQ_BIN / tool), "-n", self.name, *args],
-                env=self._environment(),
+                [*self.cli_command(tool), *args],
                 cwd=self.folder,
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
                 check=False,
-                user=self._os_user,
-                group=self._os_user,
             )
         except subprocess.TimeoutExpired:
             raise RabbitNodeError(f"{tool} {' '.join(args)} timed out") from None
@@ -239,7 +262,9 @@ class RabbitNode:
         definitions_config = ""
         if self._definitions is not None:
             shutil.copyfile(self._definitions, self.folder / "definitions.json")
-            definitions_config = f"load_definitions = {self.folder / 'definitions.json'}"
+            definitions_config = f"load_definitions = {self._inside('definitions.json')}"
+        if self._advanced_config:
+            (self.folder / "advanced.config").write_text(self._advanced_config)
         (self.folder / "rabbitmq.conf").write_text(
             "\n".join(
                 [
@@ -256,10 +281,9 @@ class RabbitNode:
             )
         )
         self.folder.chmod(0o755)
-        if os.geteuid() == 0:
-            account = pwd.getpwnam(self._runs_as)
+        if self._account is not None:
             for path in [self.folder, *self.folder.rglob("*")]:
-                os.chown(path, account.pw_uid, account.pw_gid)
+                os.chown(path, self._account.uid, self._account.gid)
 
     def _install_tls_files(self) -> str:
         assert self._tls is not None
@@ -274,47 +298,58 @@ class RabbitNode:
         return "\n".join(
             [
                 f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}",
-                f"ssl_options.cacertfile = {target / 'ca.pem'}",
-                f"ssl_options.certfile = {target / 'cert.pem'}",
-                f"ssl_options.keyfile = {target / 'key.pem'}",
+                f"ssl_options.cacertfile = {self._inside('tls/ca.pem')}",
+                f"ssl_options.certfile = {self._inside('tls/cert.pem')}",
+                f"ssl_options.keyfile = {self._inside('tls/key.pem')}",
                 "ssl_options.verify = verify_none",
                 "ssl_options.fail_if_no_peer_cert = false",
             ]
         )
 
+    def _inside(self, name: str) -> str:
+        """A file of this node's folder, as the node sees it."""
+        return self.install.inside(self.folder / name)
+
     def _environment(self) -> dict[str, str]:
+        """Everything RabbitMQ's scripts get (besides PATH): nothing of the caller's own."""
         environment = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("RABBITMQ_", "ERL_"))
+            "HOME": self._inside("home"),
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "RABBITMQ_CONF_ENV_FILE": self._inside("rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self._cli_ports),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self._cli_ports + _CLI_PORTS - 1),
+            "RABBITMQ_MNESIA_BASE": self._inside("mnesia"),
+            "RABBITMQ_LOG_BASE": self._inside("log"),
+            "RABBITMQ_CONFIG_FILE": self._inside("rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": self._inside("advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": self._inside("enabled_plugins"),
+            "RABBITMQ_PID_FILE": self._inside("node.pid"),
+            # As the system's rabbitmq-env.conf does: epmd and distribution on loopback.
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        environment.update(
-            {
-                "HOME": str(self.folder / "home"),
-                "LC_ALL": "C.UTF-8",
-                "LANG": "C.UTF-8",
-                "RABBITMQ_CONF_ENV_FILE": str(self.folder / "rabbitmq-env.conf"),
-                "RABBITMQ_NODENAME": self.name,
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                "RABBITMQ_NODE_PORT": str(self.amqp_port),
-                "RABBITMQ_DIST_PORT": str(self.dist_port),
-                "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(self.folder / "log"),
-                "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
-                "RABBITMQ_PID_FILE": str(self.folder / "node.pid"),
-                # As the system's rabbitmq-env.conf does: epmd and distribution on loopback.
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
-                "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            }
-        )
+        if self._epmd_port is not None:
+            environment["ERL_EPMD_PORT"] = str(self._epmd_port)
         return environment
 
-    @property
-    def _os_user(self) -> str | None:
-        """The account to switch to before running RabbitMQ's scripts; None: stay as we are."""
-        return self._runs_as if os.geteuid() == 0 else None
+    def _start_epmd(self) -> None:
+        """The root filesystem node's own epmd, kept across restarts, ended by `destroy`."""
+        if self._epmd_port is None or (self._epmd is not None and self._epmd.poll() is None):
+            return
+        argv = self.install.epmd_command(self._epmd_port)
+        assert argv is not None
+        self._epmd = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _wait_until_answering(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -333,16 +368,6 @@ class RabbitNode:
                     f"{timeout_s:.0f} s:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
-
-
-def _node_user() -> str:
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(RABBITMQ_USER)
-        except KeyError:
-            raise RabbitNodeError("running as root but there is no `rabbitmq` user") from None
-        return RABBITMQ_USER
-    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _amqp_answers(port: int) -> bool:

@@ -46,8 +46,10 @@ def publish(
     message_id: str | None = None,
     correlation_id: str | None = None,
     retry_delays: tuple[int, ...] = TEST_RETRY_DELAYS,
+    extra_headers: Mapping[str, Any] | None = None,
 ) -> None:
-    """Publish one body as the producer does (CONTRACT.md properties, confirms, mandatory)."""
+    """Publish one body as the producer does (CONTRACT.md properties, confirms, mandatory);
+    `extra_headers` adds to its headers, as another publisher might."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
@@ -61,7 +63,7 @@ def publish(
             app_id="producer_service",
             timestamp=int(time.time()),
             correlation_id=correlation_id or str(uuid.uuid4()),
-            headers={"schema_version": 1},
+            headers={"schema_version": 1, **(extra_headers or {})},
         )
         channel.basic_publish(
             topology.EXCHANGE, topology.ROUTING_KEY, body, properties=properties, mandatory=True

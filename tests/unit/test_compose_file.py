@@ -152,7 +152,7 @@ def image_tag(image: str) -> str | None:
 @pytest.mark.parametrize(
     ("image", "tag"),
     [
-        ("rabbitmq:3.13.7-management", "3.13.7-management"),
+        ("rabbitmq:4.4.1-management", "4.4.1-management"),
         ("localhost:5000/team/app:1.2", "1.2"),
         ("postgres", None),
         ("postgres@sha256:abc", None),
