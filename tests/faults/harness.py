@@ -185,6 +185,12 @@ class Stack:
             if service.running:
                 service.kill()
 
+    def wait_consuming(self, worker: Service, timeout_s: float = 60) -> None:
+        """Until `worker` consumes: after its whole topology, bindings included (a publish
+        before the bindings is returned unroutable; seen under load when tests waited only for
+        the queue to exist)."""
+        self.wait_for(lambda: '"consuming"' in worker.output(), timeout_s, "the worker consuming")
+
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll `condition`; fail at once if a service died on its own, or after `timeout_s`."""
         deadline = time.monotonic() + timeout_s

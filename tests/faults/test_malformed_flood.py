@@ -55,8 +55,7 @@ def test_malformed_flood_dead_letters_the_bad_and_delivers_the_good(stack: Stack
     rounds = scaled(5, 50)
     good_per_round = 20
     worker = stack.start_worker()
-    # The worker declares the topology; publish only once its queue exists.
-    stack.wait_for(lambda: queue_depth(stack.node.amqp_url, topology.QUEUE) >= 0, 60, "the queue")
+    stack.wait_consuming(worker)
 
     messages: list[tuple[str, str | None, bytes]] = []  # (message_id, good event_id, body)
     for _round in range(rounds):

@@ -42,7 +42,7 @@ def test_poison_headers_dead_letter_themselves_and_the_good_events_flow(stack: S
     rounds = scaled(5, 25)
     good_per_round = 20
     worker = stack.start_worker()
-    stack.wait_for(lambda: queue_depth(stack.node.amqp_url, topology.QUEUE) >= 0, 60, "the queue")
+    stack.wait_consuming(worker)
 
     plain = encode_table([("schema_version", Field("I", 1))])
     messages: list[tuple[str, bytes, bytes, bool]] = []  # (message_id, body, table, is_good)
