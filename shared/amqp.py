@@ -201,7 +201,15 @@ def open_connection(settings: BrokerSettings, *, announce: bool = True) -> Broke
             )
         # AMQPConnectorException is no AMQPError: pika raises it bare for a node that accepts
         # TCP and never completes the handshake (frozen, overloaded), after its stack timeout.
-        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError, ssl.SSLError) as error:
+        # ValueError: pika's "Expected connected socket, but getpeername() failed", for a node
+        # that dies between accepting TCP and the handshake (the URL was checked above).
+        except (
+            pika.exceptions.AMQPError,
+            AMQPConnectorException,
+            OSError,
+            ssl.SSLError,
+            ValueError,
+        ) as error:
             failures.append((masked, error))
             if rotation.size > 1:
                 _log.warning("broker node unavailable", url=masked, error=failure_reason(error))
