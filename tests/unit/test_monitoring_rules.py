@@ -23,6 +23,7 @@ from email_consumer.metrics import WorkerMetrics
 from producer_service.bootstrap import bootstrap
 from shared.settings import Environment
 from shared.topology import DEAD_LETTER_QUEUE, QUEUE
+from tests.support.broker import docker_engine_answers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "docker" / "prometheus"
@@ -61,7 +62,7 @@ def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProc
     Docker answers), as the suite's broker comes from Docker when no local one answers."""
     if shutil.which("promtool") is not None:
         command = ["promtool", *args]
-    elif docker_answers():
+    elif docker_engine_answers():
         command = [
             *("docker", "run", "--rm", "--entrypoint", "promtool"),
             *("--volume", f"{cwd}:/rules:ro", "--workdir", "/rules", PROMETHEUS_IMAGE, *args),
@@ -75,13 +76,6 @@ def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProc
     return subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
     )
-
-
-def docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60, check=False)
-    return probe.returncode == 0
 
 
 # ---- Prometheus and the alert rules -----------------------------------------------------------
