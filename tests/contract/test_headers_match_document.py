@@ -16,6 +16,7 @@ from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from shared import topology
 from shared.events import to_dict
+from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import (
@@ -99,7 +100,7 @@ def test_retried_and_dead_lettered_messages_carry_the_documented_headers(
     environment = {"RETRY_ATTEMPTS": "1", "RETRY_DELAYS_S": "600"}
     with running_worker(amqp_url, smtp_server.environment(), tmp_path, **environment):
         publish_event(amqp_url, retried)
-        wait_until(lambda: len(peek(amqp_url, retry_queue)) == 1, what="the parked event")
+        wait_until(lambda: ready_count(amqp_url, retry_queue) == 1, what="the parked event")
         publish(amqp_url, json.dumps(malformed).encode(), message_id="malformed")
         wait_until(lambda: len(dead_letters(amqp_url)) == 1, what="the dead letter")
     [parked] = peek(amqp_url, retry_queue)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from shared import topology
+from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
-from tests.support.worker import dead_letters, peek, running_worker
+from tests.support.worker import dead_letters, running_worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -58,6 +59,6 @@ def test_register_delivers_one_welcome_email_and_a_second_register_is_a_conflict
         assert again.stdout == ""
         assert len(again.stderr.strip().splitlines()) == 1, again.stderr
 
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     assert len(smtp_server.messages) == 1
     assert dead_letters(amqp_url) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared import topology
-from tests.support.broker import BrokerAdmin
+from tests.support.broker import BrokerAdmin, ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import dead_letters, new_event, peek, publish_event, running_worker
@@ -32,7 +32,7 @@ def test_heartbeats_keep_flowing_while_smtp_stalls(
     ) as worker:
         publish_event(amqp_url, event)
         [email] = smtp_server.wait_for(1, timeout_s=60)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
         log = worker.log()
     assert email.message["X-Event-ID"] == event.event_id
     assert "broker connection lost" not in log
@@ -64,7 +64,7 @@ def test_the_worker_resumes_after_its_connection_is_closed_and_delivers_each_eve
     ) as worker:
         for event in before:
             publish_event(amqp_url, event)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="all events in flight")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="all events in flight")
         assert broker_admin.close_connections(vhost) >= 1
         wait_until(lambda: worker.log().count('"consuming"') == 2, what="the worker to resume")
         smtp_server.set_latency(0.0)
@@ -75,7 +75,7 @@ def test_the_worker_resumes_after_its_connection_is_closed_and_delivers_each_eve
             lambda: worker.log().count("email already sent for this event") == len(before),
             what="every redelivery to be recognised as a duplicate",
         )
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
         log = worker.log()
     assert "broker connection lost" in log
     assert "dropping settlement" in log
@@ -92,7 +92,7 @@ def test_sigterm_lets_in_flight_work_finish_and_exits_0(
     with running_worker(amqp_url, smtp_server.environment(), tmp_path) as worker:
         publish_event(amqp_url, event)
         # Let the delivery start; SIGTERM (sent on leaving the block) arrives mid-send.
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the delivery to start")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the delivery to start")
     # The worker exited 0 (checked by running_worker) after the email was accepted and acked.
     assert [m.message["X-Event-ID"] for m in smtp_server.messages] == [event.event_id]
     assert peek(amqp_url, topology.QUEUE) == []
@@ -114,13 +114,13 @@ def test_work_still_running_at_the_shutdown_timeout_is_handed_back_and_never_sen
         WORKER_SHUTDOWN_TIMEOUT_S="0.5",
     ) as worker:
         publish_event(amqp_url, event)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the delivery to start")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the delivery to start")
     # Closing the connection returned the unacknowledged delivery to the queue, while the
     # stalled send still completed before the process exited.
     assert "handing back in-flight events" in worker.log()
     assert [m.message["X-Event-ID"] for m in smtp_server.messages] == [event.event_id]
     # RabbitMQ 4.0 puts a closed connection's deliveries back a moment after the close.
-    wait_until(lambda: len(peek(amqp_url, topology.QUEUE)) == 1, what="the handed-back event")
+    wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 1, what="the handed-back event")
     [returned] = peek(amqp_url, topology.QUEUE)
     assert returned.properties.message_id == event.event_id
 

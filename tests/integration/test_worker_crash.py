@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from shared import topology
+from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import (
     WorkerProcess,
     dead_letters,
     new_event,
-    peek,
     publish_event,
     running_worker,
     worker_environment,
@@ -61,7 +61,7 @@ def test_an_event_held_by_a_killed_worker_is_delivered_once_by_the_next(
         # A kill that lands between claim and release leaves the claim to run out its lease
         # first (the next worker parks the event as busy meanwhile), so wait past the lease.
         [email] = smtp_server.wait_for(1, timeout_s=60)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     assert email.message["X-Event-ID"] == event.event_id
     assert len(smtp_server.messages) == 1
     assert dead_letters(amqp_url) == []

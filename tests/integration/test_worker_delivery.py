@@ -10,6 +10,7 @@ import pytest
 
 from shared import topology
 from shared.events import serialise, to_dict
+from tests.support.broker import ready_count
 from tests.support.ports import free_port
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
@@ -32,7 +33,7 @@ def test_an_event_becomes_one_welcome_email(
     with running_worker(amqp_url, smtp_server.environment(), tmp_path):
         publish_event(amqp_url, event)
         [email] = smtp_server.wait_for(1)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     message = email.message
     assert email.envelope_to == ("alice@example.com",)
     assert message["To"] == "Alice Liddell <alice@example.com>"
@@ -101,7 +102,7 @@ def test_log_lines_carry_ids_and_never_bodies_or_secrets(
     with running_worker(amqp_url, smtp_server.environment(), tmp_path) as worker:
         publish(amqp_url, serialise(event), message_id=event.event_id, correlation_id="corr-42")
         smtp_server.wait_for(1)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
     [sent] = [line for line in lines if line["event"] == "welcome email sent"]
     assert sent["event_id"] == event.event_id
@@ -128,7 +129,7 @@ def test_smtp_password_never_appears_in_logs_or_retry_headers(
     ) as worker:
         publish_event(amqp_url, event)
         retry_queue = topology.retry_queue_name(600)
-        wait_until(lambda: len(peek(amqp_url, retry_queue)) == 1, what="the parked event")
+        wait_until(lambda: ready_count(amqp_url, retry_queue) == 1, what="the parked event")
     [parked] = peek(amqp_url, retry_queue)
     assert parked.headers["error-type"] == "SmtpSessionRefused"
     assert dead_letters(amqp_url) == []

@@ -16,9 +16,10 @@ from email_consumer import wire_properties
 from shared import topology
 from shared.events import serialise
 from tests.support.amqp_wire import Field, encode_table, publish_raw
+from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
-from tests.support.worker import dead_letters, new_event, peek, publish_event, running_worker
+from tests.support.worker import dead_letters, new_event, publish_event, running_worker
 
 pytestmark = pytest.mark.broker
 
@@ -43,7 +44,7 @@ def test_an_undecodable_header_is_dead_lettered_and_the_events_around_it_flow(
             publish_event(amqp_url, event)
         smtp_server.wait_for(len(before) + len(after))
         wait_until(lambda: len(dead_letters(amqp_url)) == 1, what="the poison in the DLQ")
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
         log = worker.log()
     sent = [email.message["X-Event-ID"] for email in smtp_server.messages]
     assert sorted(sent) == sorted(e.event_id for e in before + after)  # once each

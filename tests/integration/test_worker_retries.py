@@ -13,6 +13,7 @@ import pytest
 
 from shared import topology
 from shared.events import serialise
+from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import (
@@ -37,7 +38,7 @@ def test_a_few_4xx_replies_then_acceptance_give_exactly_one_email(
     with running_worker(amqp_url, smtp_server.environment(), tmp_path) as worker:
         publish_event(amqp_url, event)
         [email] = smtp_server.wait_for(1)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     assert email.message["X-Event-ID"] == event.event_id
     assert worker.log().count("transient failure, retrying in process") == 2
     assert dead_letters(amqp_url) == []
@@ -75,7 +76,7 @@ def test_an_outage_longer_than_in_process_retries_is_bridged_by_a_delayed_retry(
         )
         smtp_server.start()
         [email] = smtp_server.wait_for(1)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     assert email.message["X-Event-ID"] == event.event_id
     assert dead_letters(amqp_url) == []
 
@@ -109,7 +110,7 @@ def test_an_outage_longer_than_every_retry_ends_in_the_dlq_and_replay_delivers_i
         replay = _cli(env, "dlq", "replay")
         assert "replayed 1 event" in replay.stdout
         [email] = smtp_server.wait_for(1)
-        wait_until(lambda: not peek(amqp_url, topology.QUEUE), what="the queue to drain")
+        wait_until(lambda: ready_count(amqp_url, topology.QUEUE) == 0, what="the queue to drain")
     assert email.message["X-Event-ID"] == event.event_id
     assert dead_letters(amqp_url) == []
 
@@ -153,7 +154,7 @@ def test_a_wrong_smtp_password_parks_events_for_retry_instead_of_dead_lettering_
     ):
         publish_event(amqp_url, event)
         retry_queue = topology.retry_queue_name(600)
-        wait_until(lambda: len(peek(amqp_url, retry_queue)) == 1, what="the parked event")
+        wait_until(lambda: ready_count(amqp_url, retry_queue) == 1, what="the parked event")
         assert dead_letters(amqp_url) == [], "a configuration problem must not dead-letter"
         [parked] = peek(amqp_url, retry_queue)
         assert parked.properties.message_id == event.event_id

@@ -87,7 +87,12 @@ class QueuedMessage:
 
 
 def peek(amqp_url: str, queue: str) -> list[QueuedMessage]:
-    """Every message ready in `queue`, left in place (taken unacked, returned on close)."""
+    """Every message ready in `queue`, left in place (taken unacked, returned on close).
+
+    Each message found counts one delivery on a quorum queue (RabbitMQ before 4.3 counts every
+    return), and the main queue dead-letters at topology.DELIVERY_LIMIT: poll with
+    `tests.support.broker.ready_count`, peek once to read what is there.
+    """
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     messages: list[QueuedMessage] = []
     try:
