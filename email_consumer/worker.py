@@ -5,8 +5,7 @@ and publish: pika is not thread-safe. Pool threads turn each delivery into an `A
 (processing.py, routing.py), which may block on SMTP for long while heartbeats keep flowing,
 and hand it back with `add_callback_threadsafe`. A settlement for a channel that is gone is
 dropped: the broker redelivers the message, and the processed-events record turns that into a
-duplicate. Moving a message publishes its copy on a confirm-mode channel and acknowledges the
-original only once the copy is confirmed, so a crash in between leaves two copies, never none.
+duplicate. What a settlement does on the channels is settlement.py's.
 """
 
 from __future__ import annotations
@@ -22,12 +21,12 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from email_consumer import failure_headers
-from email_consumer.connections import CONNECTION_ERRORS, close_quietly, copy_with_headers
+from email_consumer.connections import CONNECTION_ERRORS, close_quietly
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.processing import DeliveryProcessor
-from email_consumer.routing import Action, Delivery, Forward, HandBack
+from email_consumer.routing import Action, Delivery
 from email_consumer.settings import WorkerSettings
+from email_consumer.settlement import Settler
 from email_consumer.status import WorkerStatus
 from shared import topology
 from shared.amqp import BrokerUnavailable, mask_url, open_connection
@@ -75,7 +74,7 @@ class Worker:
         self._broker = broker
         self._settings = settings
         self._processor = processor
-        self._metrics = metrics
+        self._settler = Settler(metrics)
         self._stopping = stopping
         # Twice as many threads as emails sent at once (the sender's SMTP connections): while
         # `concurrency` emails are on the wire, the other threads claim, render and record.
@@ -238,63 +237,14 @@ class Worker:
         self._pool.submit(self._process, session, delivery)
 
     def _carry_out(self, session: _Session, delivery: Delivery, action: Action) -> None:
-        """Translate `action` into acks, nacks and publishes; nothing but a connection error
-        may escape (this runs as a pika callback)."""
+        """Settle on the connection thread; a settlement for a closed session is dropped."""
         session.in_flight -= 1
         self._status.delivery_settled()
         with event_context(delivery.log_id, delivery.properties.correlation_id):
-            channel = session.consume_channel
-            if not session.active or not channel.is_open:
-                _log.warning("channel gone: dropping settlement; the broker will redeliver")
+            if not session.active:
+                _log.warning("session gone: dropping settlement; the broker will redeliver")
                 return
-            try:
-                if isinstance(action, Forward):
-                    self._forward(session, delivery, action)
-                elif isinstance(action, HandBack):
-                    _log.info("shutting down: handing the event back to the queue")
-                    channel.basic_nack(delivery.tag, requeue=True)
-                else:
-                    channel.basic_ack(delivery.tag)
-            except CONNECTION_ERRORS:
-                raise  # the reconnect logic in `run` handles these
-            except Exception:  # noqa: BLE001 - nothing may escape a pika callback
-                # For example a header pika cannot encode: the worker must survive the message.
-                # Requeued, the event comes back; the quorum queue's delivery limit ends a loop.
-                _log.exception("could not settle the event; requeueing it")
-                channel.basic_nack(delivery.tag, requeue=True)
-            self._metrics.observe_processing(time.monotonic() - delivery.received_s)
-
-    def _forward(self, session: _Session, delivery: Delivery, action: Forward) -> None:
-        """Publish the copy, then ack the original; requeue the original if the copy is refused."""
-        copy = copy_with_headers(delivery.properties, action.headers)
-        try:
-            session.publish_channel.basic_publish(
-                action.exchange, action.routing_key, delivery.body, properties=copy, mandatory=True
-            )
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-            # The target refused the copy: keep the original, try again after a redelivery.
-            _log.error("could not move event, requeueing", error_type=type(error).__name__)
-            session.consume_channel.basic_nack(delivery.tag, requeue=True)
-            return
-        session.consume_channel.basic_ack(delivery.tag)
-        self._metrics.count(action.counted_as)
-        headers = action.headers
-        if action.counted_as == "dead_lettered":
-            _log.error(
-                "event dead-lettered",
-                reason=headers.get(failure_headers.DEAD_LETTER_REASON),
-                error_type=headers.get(failure_headers.ERROR_TYPE),
-                error=headers.get(failure_headers.ERROR_MESSAGE),
-                attempts=headers.get(failure_headers.ATTEMPTS),
-            )
-        else:
-            _log.warning(
-                "event parked for a delayed retry",
-                queue=action.routing_key,
-                retry_count=headers.get(failure_headers.RETRY_COUNT),
-                error_type=headers.get(failure_headers.ERROR_TYPE),
-                error=headers.get(failure_headers.ERROR_MESSAGE),
-            )
+            self._settler.settle(session.consume_channel, session.publish_channel, delivery, action)
 
 
 def _cancelled_by_broker(session: _Session, _frame: Any) -> None:

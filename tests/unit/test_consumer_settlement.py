@@ -1,4 +1,4 @@
-"""Settling a delivery on the connection thread: nothing may escape a pika callback.
+"""Settling a delivery (settlement.py): nothing may escape a pika callback.
 
 The broker path is covered by the integration tests; these fake the two channels, because a
 copy that pika cannot encode or the broker refuses cannot be produced on demand there.
@@ -7,7 +7,6 @@ copy that pika cannot encode or the broker refuses cannot be produced on demand 
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from typing import Any
 
@@ -17,9 +16,7 @@ import pytest
 
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.routing import Ack, Action, Delivery, Forward, HandBack
-from email_consumer.settings import WorkerSettings
-from email_consumer.worker import Worker, _Session
-from shared.settings import BrokerSettings
+from email_consumer.settlement import Settler
 
 
 class FakeChannel:
@@ -42,39 +39,20 @@ class FakeChannel:
         self.nacked.append((delivery_tag, requeue))
 
 
-def _worker(metrics: WorkerMetrics) -> Worker:
-    return Worker(
-        broker=BrokerSettings("amqp://guest:guest@localhost/%2F", 30, 60, None, None, None),
-        settings=WorkerSettings(
-            concurrency=1,
-            prefetch=1,
-            shutdown_timeout_s=1,
-            claim_lease_s=300,
-            reconnect_max_delay_s=1,
-            processed_retention_s=3600,
-        ),
-        processor=None,  # type: ignore[arg-type]  # not reached by settling
-        metrics=metrics,
-        stopping=threading.Event(),
-    )
-
-
 TO_DLQ = Forward("dlx", "dlq", {"attempts": 1}, "dead_lettered")
 
 
-def _carry_out(
+def _settle(
     publish_error: BaseException | None,
     action: Action = TO_DLQ,
     *,
-    active: bool = True,
+    channel_open: bool = True,
 ) -> tuple[FakeChannel, WorkerMetrics]:
     metrics = WorkerMetrics()
     consume, publish = FakeChannel(), FakeChannel(publish_error)
-    session = _Session(connection=None, consume_channel=consume, publish_channel=publish)
-    session.in_flight, session.active = 1, active
+    consume.is_open = channel_open
     delivery = Delivery(7, "user.registered", pika.BasicProperties(), b"{}", time.monotonic())
-    _worker(metrics)._carry_out(session, delivery, action)
-    assert session.in_flight == 0
+    Settler(metrics).settle(consume, publish, delivery, action)
     return consume, metrics
 
 
@@ -86,37 +64,37 @@ def _dead_lettered(metrics: WorkerMetrics) -> float:
 
 
 def test_a_copy_pika_cannot_encode_requeues_the_original_instead_of_crashing() -> None:
-    consume, metrics = _carry_out(struct.error("argument out of range"))
+    consume, metrics = _settle(struct.error("argument out of range"))
     assert consume.nacked == [(7, True)]
     assert consume.acked == []
     assert _dead_lettered(metrics) == 0
 
 
 def test_a_copy_the_broker_refuses_is_not_counted_as_moved() -> None:
-    consume, metrics = _carry_out(pika.exceptions.UnroutableError([]))
+    consume, metrics = _settle(pika.exceptions.UnroutableError([]))
     assert consume.nacked == [(7, True)]
     assert _dead_lettered(metrics) == 0
 
 
 def test_a_moved_copy_acks_the_original_and_is_counted() -> None:
-    consume, metrics = _carry_out(None)
+    consume, metrics = _settle(None)
     assert consume.acked == [7]
     assert _dead_lettered(metrics) == 1
 
 
 def test_connection_errors_still_reach_the_reconnect_logic() -> None:
     with pytest.raises(pika.exceptions.StreamLostError):
-        _carry_out(pika.exceptions.StreamLostError("connection lost"))
+        _settle(pika.exceptions.StreamLostError("connection lost"))
 
 
 def test_an_ack_and_a_hand_back_are_one_call_each() -> None:
-    acked, _ = _carry_out(None, Ack())
+    acked, _ = _settle(None, Ack())
     assert (acked.acked, acked.nacked) == ([7], [])
-    handed_back, _ = _carry_out(None, HandBack())
+    handed_back, _ = _settle(None, HandBack())
     assert (handed_back.acked, handed_back.nacked) == ([], [(7, True)])
 
 
-def test_a_settlement_for_a_closed_session_is_dropped() -> None:
-    consume, metrics = _carry_out(None, active=False)
+def test_a_settlement_for_a_closed_channel_is_dropped() -> None:
+    consume, metrics = _settle(None, channel_open=False)
     assert (consume.acked, consume.nacked) == ([], [])
     assert _dead_lettered(metrics) == 0
