@@ -25,10 +25,7 @@ export PATH := $(VENV_BIN):$(PATH)
 # (once, as root, ~2 min) the Debian trixie root filesystem with RabbitMQ 4.0 that they run.
 RABBITMQ4_SUITES := integration e2e faults
 # The benchmark's smoke run brings its own broker set-up (TEST_AMQP_URL's): nothing for 4.0 there.
-# The cluster fault tests run on 3.10 only for now: each 4.0 node of the root filesystem runs
-# its own epmd, so `join_cluster` cannot reach the others (erpc noconnection).
-RABBITMQ4_IGNORED := tests/integration/test_bench_smoke.py tests/faults/test_cluster.py \
-	tests/faults/test_cluster_commands.py
+RABBITMQ4_IGNORED := tests/integration/test_bench_smoke.py
 RABBITMQ4_PYTEST := -m pytest $(RABBITMQ4_IGNORED:%=--ignore=%)
 # A failed build must stop the run, not leave TEST_RABBITMQ_ROOT empty (that would test 3.10).
 WITH_RABBITMQ4 = root=$$(.ci/rabbitmq4-root) && TEST_RABBITMQ_ROOT=$$root

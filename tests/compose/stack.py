@@ -24,6 +24,7 @@ PORT_VARIABLES = (
     "POSTGRES_PORT",
     "MAILPIT_SMTP_PORT",
     "MAILPIT_UI_PORT",
+    "PROMETHEUS_PORT",
 )
 IMAGE_REPOSITORY = "rabbit-welcome"
 # Compose labels what it creates (images too) with the project's name.

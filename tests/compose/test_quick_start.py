@@ -8,7 +8,11 @@ without one.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections import Counter
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -83,6 +87,48 @@ def test_three_workers_send_every_email_once(stack: ComposeStack) -> None:
     duplicates = {address: n for address, n in Counter(stack.recipients()).items() if n > 1}
     assert duplicates == {}
     assert stack.recipients() == expected
+
+
+def test_the_monitoring_prometheus_scrapes_the_relay_every_worker_and_the_broker(
+    stack: ComposeStack,
+) -> None:
+    # Grafana and Jaeger have no stand-in image on a machine without a registry: Prometheus
+    # alone is started from the profile here.
+    stack.must(
+        "--profile",
+        "monitoring",
+        "up",
+        "--detach",
+        "--wait",
+        "prometheus",
+        timeout_s=STACK_TIMEOUT_S,
+    )
+    prometheus = f"http://127.0.0.1:{stack.port('PROMETHEUS_PORT')}"
+    expected = {"relay": 1, "email-consumer": 3, "rabbitmq": 1, "rabbitmq-queues": 1}
+
+    def every_target_up() -> bool:
+        targets = _get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+        healthy = Counter(t["labels"]["job"] for t in targets if t["health"] == "up")
+        return dict(healthy) == expected
+
+    wait_until(every_target_up, timeout_s=STACK_TIMEOUT_S, what=f"targets up: {expected}")
+
+    def scraped(query: str) -> float | None:
+        result = _get_json(f"{prometheus}/api/v1/query?{urlencode({'query': query})}")
+        values = result["data"]["result"]
+        return float(values[0]["value"][1]) if values else None
+
+    # The workers' own counters and the broker's plugin agree on what happened: seven emails
+    # sent, three consumers on the queue.
+    sent = 'sum(email_consumer_events_total{outcome="sent"})'
+    consumers = f'rabbitmq_detailed_queue_consumers{{queue="{topology.QUEUE}"}}'
+    wait_until(lambda: scraped(sent) == 7.0, timeout_s=STACK_TIMEOUT_S, what=f"{sent} == 7")
+    wait_until(lambda: scraped(consumers) == 3.0, timeout_s=STACK_TIMEOUT_S, what=consumers)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our own loopback
+        return json.load(response)
 
 
 def test_the_dlq_tools_run_in_a_worker_container(stack: ComposeStack) -> None:

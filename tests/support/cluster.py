@@ -1,9 +1,8 @@
 """A local RabbitMQ cluster of private nodes, for tests that kill, stop or move its members.
 
 Each member is a `RabbitNode` (tests/support/rabbit_node.py): its own node name, ports and data
-folder. The cluster gives them one Erlang cookie and joins the others to the first with
-`join_cluster`. `node_factory` makes the members, so a cluster of another RabbitMQ version
-only needs a factory of such nodes.
+folder. The cluster gives them one Erlang cookie (and, for RabbitMQ 4 from a root filesystem,
+one epmd, where they find each other) and joins the others to the first with `join_cluster`.
 
     cluster = RabbitCluster(3)
     cluster.start()                                 # then cluster.destroy(), whatever happens
@@ -22,11 +21,11 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from tests.support.rabbit_node import RabbitNode, RabbitNodeError
+from tests.support.rabbit_install import RabbitInstall, configured_install
+from tests.support.rabbit_node import PrivateEpmd, RabbitNode, RabbitNodeError
 
 JOIN_TIMEOUT_S: Final = 120.0
 _TCP_ESTABLISHED: Final = "01"
@@ -35,8 +34,12 @@ _TCP_ESTABLISHED: Final = "01"
 class RabbitCluster:
     """`size` private nodes clustered together; teardown kills them all and removes them."""
 
-    def __init__(self, size: int = 3, node_factory: Callable[[], RabbitNode] = RabbitNode):
-        self.nodes = [node_factory() for _ in range(size)]
+    def __init__(self, size: int = 3, install: RabbitInstall | None = None):
+        install = install or configured_install()
+        # A root filesystem's nodes would each run an epmd of their own, and a node looks its
+        # peers up in its own: join_cluster then fails with {erpc, noconnection}.
+        self._epmd = PrivateEpmd(install) if install.in_own_root else None
+        self.nodes = [RabbitNode(install=install, epmd=self._epmd) for _ in range(size)]
         cookie = secrets.token_hex(20).upper()
         for node in self.nodes:
             _set_cookie(node, cookie)
@@ -97,6 +100,8 @@ class RabbitCluster:
         # SIGKILL ends a SIGSTOPped node too: no need to continue it first.
         for node in self.nodes:
             node.destroy()
+        if self._epmd is not None:
+            self._epmd.stop()
 
     # --- queues -------------------------------------------------------------------------
     def leader_of(self, queue: str, vhost: str = "/") -> RabbitNode:

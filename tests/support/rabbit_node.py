@@ -64,6 +64,33 @@ class TlsFiles:
     key_file: Path
 
 
+class PrivateEpmd:
+    """A foreground epmd on 127.0.0.1 for nodes in a root filesystem (whose Erlang is not the
+    host's). Nodes that are to cluster must share one: a node looks its peers up in its own."""
+
+    def __init__(self, install: RabbitInstall) -> None:
+        self.port = free_port()
+        self._argv = install.epmd_command(self.port)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def ensure_running(self) -> None:
+        if self._argv is None or (self._process is not None and self._process.poll() is None):
+            return
+        self._process = subprocess.Popen(
+            self._argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+            self._process = None
+
+
 class RabbitNode:
     """One private RabbitMQ node: start, stop, kill, restart keeping its data, rabbitmqctl."""
 
@@ -75,11 +102,14 @@ class RabbitNode:
         extra_config: str = "",
         advanced_config: str = "",
         install: RabbitInstall | None = None,
+        epmd: PrivateEpmd | None = None,
     ) -> None:
         """`definitions`: a definitions file loaded at boot, as docker-compose's broker does
         (then there is no `guest` user and `amqp_url` does not apply; use `url_for`).
         `advanced_config`: the Erlang terms of advanced.config, for settings rabbitmq.conf lacks.
-        `install`: which RabbitMQ to run (default: TEST_RABBITMQ_ROOT's, else the installed one)."""
+        `install`: which RabbitMQ to run (default: TEST_RABBITMQ_ROOT's, else the installed one).
+        `epmd`: for a root filesystem's node, an epmd shared with other nodes (a cluster's);
+        by default the node runs one of its own, ended by `destroy`."""
         try:
             self.install = install or configured_install()
             self._account = self.install.account()
@@ -92,9 +122,9 @@ class RabbitNode:
         # The CLI tools' own distribution ports (default: dist port + 10000 and up, which may be
         # taken); a block, because vhost deletions run several rabbitmqctl at once.
         self._cli_ports = free_port_block(_CLI_PORTS)
-        # A root filesystem's node gets its own epmd; the host's nodes share the host's.
-        self._epmd_port = free_port() if self.install.in_own_root else None
-        self._epmd: subprocess.Popen[bytes] | None = None
+        # A root filesystem's node needs an epmd of that root's; the host's nodes share the host's.
+        self._epmd = (epmd or PrivateEpmd(self.install)) if self.install.in_own_root else None
+        self._owns_epmd = epmd is None
         self.folder = Path(
             tempfile.mkdtemp(prefix="rabbit-node-", dir=self.install.scratch_parent())
         )
@@ -131,7 +161,8 @@ class RabbitNode:
         """Start the node (again, with the same data) and wait until AMQP answers."""
         if self.running:
             return
-        self._start_epmd()
+        if self._epmd is not None:
+            self._epmd.ensure_running()
         output = (self.folder / "server.out").open("ab")
         try:
             self._process = subprocess.Popen(
@@ -177,12 +208,10 @@ class RabbitNode:
         self.start()
 
     def destroy(self) -> None:
-        """Kill the node (and its epmd) and remove its folder; safe to call more than once."""
+        """Kill the node (and an epmd of its own) and remove its folder; safe to call again."""
         self.kill()
-        if self._epmd is not None:
-            self._epmd.kill()
-            self._epmd.wait(timeout=30)
-            self._epmd = None
+        if self._epmd is not None and self._owns_epmd:
+            self._epmd.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> RabbitNode:
@@ -333,23 +362,9 @@ class RabbitNode:
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        if self._epmd_port is not None:
-            environment["ERL_EPMD_PORT"] = str(self._epmd_port)
+        if self._epmd is not None:
+            environment["ERL_EPMD_PORT"] = str(self._epmd.port)
         return environment
-
-    def _start_epmd(self) -> None:
-        """The root filesystem node's own epmd, kept across restarts, ended by `destroy`."""
-        if self._epmd_port is None or (self._epmd is not None and self._epmd.poll() is None):
-            return
-        argv = self.install.epmd_command(self._epmd_port)
-        assert argv is not None
-        self._epmd = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
 
     def _wait_until_answering(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
