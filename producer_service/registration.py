@@ -32,6 +32,7 @@ class Registration:
     email: str
     full_name: str | None
     correlation_id: str
+    traceparent: str | None = None  # of the registration's span, when tracing is on
 
 
 class RegisterUser:
@@ -96,4 +97,5 @@ class RegisterUser:
             email=user.email,
             full_name=user.full_name,
             correlation_id=correlation_id,
+            traceparent=message.traceparent,
         )

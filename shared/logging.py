@@ -2,7 +2,7 @@
 
 JSON lines when stderr is not a terminal (containers, CI), readable colour on a terminal.
 Standard-library loggers (pika, SQLAlchemy, tenacity) go through the same processors, so every
-line has one shape. A line written inside a recording span (tracing on) names its `trace_id` and
+line has one shape. With tracing on, a line written inside a span names its `trace_id` and
 `span_id`. Secrets registered at set-up are replaced wherever they would appear.
 """
 
@@ -146,16 +146,16 @@ def _add_service(service: str) -> Processor:
 
 
 def _add_trace_ids() -> Processor:
-    """Adds `trace_id` and `span_id` of the current span, when one is recording (tracing on).
+    """Adds `trace_id` and `span_id` of the current span or trace context, when there is one
+    (only with tracing on: then spans are current, or `shared.tracing.within` a stored one).
 
     Imported here, at set-up: the commands that never log (`health`) skip the import.
     """
     from opentelemetry import trace
 
     def add(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-        span = trace.get_current_span()
-        if span.is_recording():
-            span_context = span.get_span_context()
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
             event_dict.setdefault("trace_id", trace.format_trace_id(span_context.trace_id))
             event_dict.setdefault("span_id", trace.format_span_id(span_context.span_id))
         return event_dict

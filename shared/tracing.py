@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, MutableMapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context as otel_context
@@ -75,6 +75,23 @@ def traced(
 _NO_SPAN: Final = nullcontext(None)
 
 
+def within(traceparent: str | None) -> AbstractContextManager[object]:
+    """The trace `traceparent` names as the current context for the block (tracing on only),
+    so that the log lines written there name its trace, outside any span of this process."""
+    if _provider is None or not traceparent:
+        return _NO_SPAN
+    return _attached(context_of(traceparent))
+
+
+@contextmanager
+def _attached(parent: otel_context.Context) -> Iterator[None]:
+    token = otel_context.attach(parent)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def configure_tracing(service: str) -> bool:
     """Set up the SDK when the OTEL_* variables ask for tracing; returns whether they did.
 
@@ -111,7 +128,8 @@ def use_provider(provider: TracerProvider) -> None:
     """
     global _provider
     _provider = provider
-    trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not provider:
+        trace.set_tracer_provider(provider)
 
 
 def stop_recording() -> None:
@@ -165,6 +183,12 @@ def extract(headers: Mapping[str, Any] | None) -> otel_context.Context:
 def context_of(traceparent: str | None) -> otel_context.Context:
     """The context a stored `traceparent` names, as the parent of a span started later."""
     return extract({TRACEPARENT: traceparent} if traceparent else None)
+
+
+def traceparent_in(headers: Mapping[str, Any] | None) -> str | None:
+    """The `traceparent` header of an AMQP message, if it has one that reads as text."""
+    found = _getter.get(headers or {}, TRACEPARENT)
+    return found[0] if found else None
 
 
 def current_traceparent() -> str | None:
