@@ -51,9 +51,9 @@ def set_up_logging(settings: ConsumerSettings) -> None:
     configure_logging(settings.logging, service=SERVICE, secrets=settings.secrets())
 
 
-def set_up_tracing() -> None:
+def set_up_tracing(settings: ConsumerSettings) -> None:
     """The SDK, when an OTEL_* variable asks for tracing (shared/tracing.py); else nothing."""
-    configure_tracing(SERVICE)
+    configure_tracing(settings.tracing, service=SERVICE)
 
 
 @dataclass

@@ -113,7 +113,7 @@ def bootstrap(
     """
     settings = ProducerSettings.from_env(env or Environment())
     configure_logging(settings.logging, service=SERVICE, secrets=_secrets(settings))
-    configure_tracing(SERVICE)  # only when an OTEL_* variable asks for it
+    configure_tracing(settings.tracing, service=SERVICE)  # only if an OTEL_* variable asks
     # Builds the AMQP parameters once, only to check them: the URL (host, port, vhost) and the
     # TLS files. The publisher builds them again when it connects.
     connection_parameters(settings.broker)

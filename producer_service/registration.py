@@ -15,7 +15,7 @@ from producer_service.ports import NewUser, OutboxMessage, RegistrationStore
 from producer_service.validation import validate_registration
 from shared.events import EVENT_TYPE, SCHEMA_VERSION, new_user_registered, serialise
 from shared.ids import new_id
-from shared.tracing import current_traceparent, get_tracer
+from shared.tracing import current_traceparent, get_tracer, traced
 
 # The span of the commit; each publish of the event, whenever it happens, is its child.
 REGISTRATION_SPAN: Final = "register user"
@@ -50,10 +50,11 @@ class RegisterUser:
         *,
         correlation_id: str | None = None,
     ) -> Registration:
-        with _tracer.start_as_current_span(REGISTRATION_SPAN) as span:
+        with traced(_tracer, REGISTRATION_SPAN) as span:
             registration = self._register(username, email, full_name, correlation_id)
-            span.set_attribute("messaging.message.id", registration.event_id)
-            span.set_attribute("user.id", registration.user_id)
+            if span is not None:
+                span.set_attribute("messaging.message.id", registration.event_id)
+                span.set_attribute("user.id", registration.user_id)
             return registration
 
     def _register(

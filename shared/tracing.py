@@ -11,7 +11,6 @@ that fails (no collector at the endpoint) is logged by the SDK and dropped, neve
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -23,6 +22,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.errors import ConfigError
+from shared.settings import TracingSettings
 
 if TYPE_CHECKING:
     # The SDK is imported only when tracing is turned on: a process with tracing off loads
@@ -41,7 +41,6 @@ SHUTDOWN_TIMEOUT_S: Final = 3.0
 _EXPORTER_VARIABLE: Final = "OTEL_TRACES_EXPORTER"
 _ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _PROTOCOL_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-_OTLP_HTTP: Final = "otlp_proto_http"
 
 _propagator: Final = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
@@ -92,7 +91,7 @@ def _attached(parent: otel_context.Context) -> Iterator[None]:
         otel_context.detach(token)
 
 
-def configure_tracing(service: str) -> bool:
+def configure_tracing(settings: TracingSettings, *, service: str) -> bool:
     """Set up the SDK when the OTEL_* variables ask for tracing; returns whether they did.
 
     `service` names the service when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES
@@ -102,7 +101,7 @@ def configure_tracing(service: str) -> bool:
     global _provider
     if _provider is not None:
         return True
-    names = _exporter_names(os.environ)
+    names = requested_exporters(settings.variables)
     if not names:
         return False
     from opentelemetry.sdk import _configuration as sdk_configuration
@@ -113,7 +112,7 @@ def configure_tracing(service: str) -> bool:
         exporters, _, _ = sdk_configuration._import_exporters(names, [], [])
     except RuntimeError as error:
         raise ConfigError(f"OTEL_TRACES_EXPORTER: {error}") from None
-    provider = TracerProvider(resource=_resource(service))
+    provider = TracerProvider(resource=_resource(settings.variables, service))
     for exporter in exporters.values():
         provider.add_span_processor(BatchSpanProcessor(exporter()))
     use_provider(provider)
@@ -223,7 +222,7 @@ _OPERATION_TYPES: Final = {"publish": "send"}
 # ---- set-up ------------------------------------------------------------------------------------
 
 
-def _exporter_names(env: Mapping[str, str]) -> list[str]:
+def requested_exporters(env: Mapping[str, str]) -> list[str]:
     """The exporter entry points to load, by the SDK's own reading of OTEL_TRACES_EXPORTER."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
@@ -234,26 +233,30 @@ def _exporter_names(env: Mapping[str, str]) -> list[str]:
         if not any(env.get(name, "").strip() for name in _ENDPOINT_VARIABLES):
             return []
         requested = "otlp"  # an endpoint alone asks for the OTLP exporter
-    names = [name.strip() for name in requested.split(",") if name.strip()]
-    if not any(env.get(name, "").strip() for name in _PROTOCOL_VARIABLES):
-        # No protocol given: the specification's default, HTTP/protobuf, the one exporter
-        # installed (the SDK's own default would be gRPC).
-        names = [_OTLP_HTTP if name == "otlp" else name for name in names]
     from opentelemetry.sdk import _configuration as sdk_configuration
 
-    try:
-        resolved = [sdk_configuration._get_exporter_entry_point(name, "traces") for name in names]
-    except RuntimeError as error:  # an unknown OTLP protocol
-        raise ConfigError(str(error)) from None
-    return list(dict.fromkeys(resolved))
+    # `otlp` is the exporter of the protocol asked for; without one, the specification's
+    # default, HTTP/protobuf, the one exporter installed (the SDK's own default is gRPC).
+    protocols = [env.get(name, "").strip() for name in _PROTOCOL_VARIABLES]
+    protocol = next((value for value in protocols if value), "http/protobuf")
+    names = []
+    for name in (part.strip() for part in requested.split(",")):
+        if name == "otlp":
+            name = sdk_configuration._EXPORTER_BY_OTLP_PROTOCOL.get(protocol, "")
+            if not name:
+                raise ConfigError(f"unsupported OTLP protocol {protocol!r}")
+        if name:
+            names.append(name)
+    return list(dict.fromkeys(names))
 
 
-def _resource(service: str) -> Resource:
+def _resource(variables: Mapping[str, str], service: str) -> Resource:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win; the SDK's fallback is
-    # "unknown_service", replaced here by the service's own name.
-    resource = Resource.create()
+    # OTEL_SERVICE_NAME wins, then OTEL_RESOURCE_ATTRIBUTES (which the SDK reads); its fallback
+    # is "unknown_service", replaced here by the service's own name.
+    named = variables.get("OTEL_SERVICE_NAME")
+    resource = Resource.create({SERVICE_NAME: named} if named else None)
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service}))
     return resource

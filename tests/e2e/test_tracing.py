@@ -56,7 +56,7 @@ def _producer_env(amqp_url: str, tmp_path: Path, receiver: OtlpReceiver) -> dict
 
 
 def _one(receiver: OtlpReceiver, name: str) -> ReceivedSpan:
-    wait_until(lambda: receiver.spans(name), what=f"the {name!r} span")
+    wait_until(lambda: bool(receiver.spans(name)), what=f"the {name!r} span")
     [span] = receiver.spans(name)
     return span
 
@@ -103,7 +103,7 @@ def test_one_register_gives_one_trace_from_the_commit_to_the_email(
         assert registered.returncode == 0, registered.stderr
         event_id = json.loads(registered.stdout)["event_id"]
         smtp_server.wait_for(1)
-        wait_until(lambda: receiver.spans(SEND_SPAN), what="the worker's spans")
+        wait_until(lambda: bool(receiver.spans(SEND_SPAN)), what="the worker's spans")
         worker_log = worker.log()
     _assert_one_trace(receiver, event_id)
 
@@ -140,5 +140,5 @@ def test_a_relay_started_later_continues_the_trace_the_outbox_row_stored(
         relayed = _producer(["relay", "--once"], env)
         assert relayed.returncode == 0, relayed.stderr
         smtp_server.wait_for(1)
-        wait_until(lambda: receiver.spans(SEND_SPAN), what="the worker's spans")
+        wait_until(lambda: bool(receiver.spans(SEND_SPAN)), what="the worker's spans")
     _assert_one_trace(receiver, document["event_id"])

@@ -14,9 +14,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
 from shared import tracing
 
@@ -32,10 +33,20 @@ def recording_spans() -> Iterator[InMemorySpanExporter]:
     _exporter.clear()
     tracing.use_provider(_provider)
     try:
-        yield _exporter
+        yield _exporter  # still holding the spans after the block, for its assertions
     finally:
         tracing.stop_recording()
-        _exporter.clear()
+
+
+def context_of(span: ReadableSpan) -> SpanContext:
+    """A finished span's own context (always there for spans the SDK made)."""
+    context = span.get_span_context()
+    assert context is not None
+    return context
+
+
+def attributes_of(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
 
 
 @dataclass(frozen=True)
