@@ -2,11 +2,13 @@
 W3C trace context carried in AMQP headers and in the outbox.
 
 Off unless `OTEL_TRACES_EXPORTER` names an exporter (or an OTLP endpoint is set, which means
-`otlp`): then nothing is configured, the API's tracer is the no-op one, and `is_enabled()` lets
-a hot path skip per-event work altogether. The SDK reads every other variable itself
-(`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`,
-`OTEL_EXPORTER_OTLP_*`). Spans are exported in the background by a batch processor: an export
-that fails (no collector at the endpoint) is logged by the SDK and dropped, never raised here.
+`otlp`; `shared.settings.TRACING_VARIABLES` are the variables that decide). Off, nothing is
+configured and the SDK is not even imported: the API's tracer is the no-op one, and
+`is_enabled()` lets a hot path skip per-event work altogether. On, the SDK loads the exporters
+by their entry-point names and reads the other standard variables itself
+(`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*`).
+Spans are exported in the background by a batch processor: an export that fails (no collector
+at the endpoint) is logged by the SDK and dropped, never raised here.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def within(traceparent: str | None) -> AbstractContextManager[object]:
     if _provider is None or not traceparent:
         return _NO_SPAN
     return _attached(context_of(traceparent))
+
+
+def within_message(headers: Mapping[str, Any] | None) -> AbstractContextManager[object]:
+    """`within` the trace an AMQP message's headers carry; with tracing off, not even read."""
+    if _provider is None:
+        return _NO_SPAN
+    return within(traceparent_in(headers))
 
 
 @contextmanager
@@ -191,8 +200,9 @@ def traceparent_in(headers: Mapping[str, Any] | None) -> str | None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, to store with an event; None without one."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    """The W3C traceparent of the current span, to store with an event; None without one (and
+    always with tracing off: no span of ours is current then)."""
+    if _provider is None or not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     inject(carrier)
@@ -223,7 +233,8 @@ _OPERATION_TYPES: Final = {"publish": "send"}
 
 
 def requested_exporters(env: Mapping[str, str]) -> list[str]:
-    """The exporter entry points to load, by the SDK's own reading of OTEL_TRACES_EXPORTER."""
+    """The exporter entry points to load: OTEL_TRACES_EXPORTER's comma-separated names as the
+    SDK reads them (`none` or unset: none), `otlp` resolved by the OTLP protocol asked for."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     requested = env.get(_EXPORTER_VARIABLE, "").strip()
