@@ -11,12 +11,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from email_consumer.handler import CLAIM_SPAN, SEND_SPAN
 from email_consumer.processing import PROCESS_SPAN
 from producer_service.publisher import PUBLISH_SPAN
 from producer_service.registration import REGISTRATION_SPAN
+from producer_service.schema import outbox
+from producer_service.storage import SqlOutboxStore
 from shared import topology
+from shared.database import create_database_engine
 from tests.support.smtp import SmtpTestServer
 from tests.support.tracing import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support.waiting import wait_until
@@ -142,3 +146,34 @@ def test_a_relay_started_later_continues_the_trace_the_outbox_row_stored(
         smtp_server.wait_for(1)
         wait_until(lambda: bool(receiver.spans(SEND_SPAN)), what="the worker's spans")
     _assert_one_trace(receiver, document["event_id"])
+
+
+def test_a_row_a_crashed_relay_had_claimed_is_published_by_the_next_in_the_same_trace(
+    amqp_url: str, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    env = _producer_env(amqp_url, tmp_path, receiver)
+    unreachable = {**env, "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{_closed_port()}/"}
+    registered = _producer(["register", "carol", "carol@example.com", "--json"], unreachable)
+    assert registered.returncode == 0, registered.stderr
+    event_id = json.loads(registered.stdout)["event_id"]
+    registration = _one(receiver, REGISTRATION_SPAN)
+
+    # A relay claims the row and dies before publishing or releasing it; its lease runs out
+    # (moved back in the table, as the passing of that much time would).
+    engine = create_database_engine(env["PRODUCER_DATABASE_URL"])
+    try:
+        batch = SqlOutboxStore(engine, lease_s=600).claim(after_id=0, limit=10)
+        assert [message.event_id for message in batch.messages] == [event_id]
+        with engine.begin() as connection:
+            connection.execute(outbox.update().values(claimed_until=outbox.c.claimed_until - 3600))
+            claimed = connection.execute(sa.select(outbox.c.claim_token)).scalar_one()
+        assert claimed is not None
+    finally:
+        engine.dispose()
+
+    relayed = _producer(["relay", "--once"], env)
+    assert relayed.returncode == 0, relayed.stderr
+    publish = _one(receiver, PUBLISH_SPAN)
+    assert publish.trace_id == registration.trace_id
+    assert publish.parent_span_id == registration.span_id
+    assert publish.attributes["messaging.message.id"] == event_id
