@@ -26,6 +26,7 @@ from email_consumer.status import WorkerStatus
 from email_consumer.worker import Worker
 from shared.amqp import connection_parameters
 from shared.logging import configure_logging, get_logger
+from shared.tracing import configure_tracing
 
 SERVICE = "email_consumer"
 # How often the worker deletes processed-event records older than their retention.
@@ -48,6 +49,11 @@ class PooledSender(EmailSender, Protocol):
 
 def set_up_logging(settings: ConsumerSettings) -> None:
     configure_logging(settings.logging, service=SERVICE, secrets=settings.secrets())
+
+
+def set_up_tracing(settings: ConsumerSettings) -> None:
+    """The SDK, when an OTEL_* variable asks for tracing (shared/tracing.py); else nothing."""
+    configure_tracing(settings.tracing, service=SERVICE)
 
 
 @dataclass

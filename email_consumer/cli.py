@@ -59,6 +59,7 @@ def _start(args: argparse.Namespace) -> int:
     # cannot decode then costs one message, not the connection (the worker's or a DLQ tool's).
     wire_properties.install()
     bootstrap.set_up_logging(settings)
+    bootstrap.set_up_tracing(settings)
     if args.command == "run":
         return _run(settings)
     return _dlq(settings, args)

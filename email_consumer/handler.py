@@ -18,6 +18,9 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
+
+from opentelemetry.trace import SpanKind
 
 from email_consumer.errors import EventBusy, UncertainDelivery
 from email_consumer.ports import ClaimAnswer, EmailSender, ProcessedEvents, RenderedEmail
@@ -27,8 +30,12 @@ from shared.backoff import log_retry
 from shared.errors import PermanentError, ServiceError
 from shared.events import UserRegistered
 from shared.logging import get_logger
+from shared.tracing import get_tracer, traced
 
+CLAIM_SPAN: Final = "claim event"
+SEND_SPAN: Final = "send email"
 _log = get_logger(__name__)
+_tracer = get_tracer(__name__)
 
 
 class Outcome(enum.Enum):
@@ -98,7 +105,10 @@ class WelcomeEmailHandler:
         """The claim token once the email was sent; None when it had been sent before."""
         token = self._new_token()
         with self._sender.reserved():
-            claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
+            with traced(_tracer, CLAIM_SPAN) as span:
+                claim = self._processed.claim(event.event_id, token, self._claim_lease_s)
+                if span is not None:
+                    span.set_attribute("email_consumer.claim", claim.value)
             if claim is ClaimAnswer.ALREADY_SENT:
                 _log.info("email already sent for this event; not sending again")
                 return None
@@ -114,7 +124,8 @@ class WelcomeEmailHandler:
             if resend:
                 _log.warning("resending once: an earlier send's outcome was uncertain")
             try:
-                self._sender.send(email)
+                with traced(_tracer, SEND_SPAN, kind=SpanKind.CLIENT):
+                    self._sender.send(email)
             except UncertainDelivery as error:
                 final = self._mark_uncertain(event.event_id, token)
                 raise UncertainDelivery(str(error), final=final) from None

@@ -1,11 +1,18 @@
 """From a delivery to its `Action`, on a pool thread: read the event, ask the breaker, run the
-handler, count what happened, and let the router (routing.py) say where the delivery goes."""
+handler, count what happened, and let the router (routing.py) say where the delivery goes.
+
+With tracing on, each delivery is a CONSUMER span continuing the trace its `traceparent` header
+carries (the registration's), with the handler's claim and send as its children."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Final
+
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from email_consumer import routing, wire_properties
 from email_consumer.breaker import BreakerState, DeadLetterBreaker, Transition
@@ -15,8 +22,14 @@ from email_consumer.metrics import WorkerMetrics
 from email_consumer.routing import Action, Delivery, DeliveryOutcome, Router
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 from shared.logging import event_context, get_logger
+from shared.topology import QUEUE
+from shared.tracing import extract, get_tracer, messaging_attributes, traced
 
+PROCESS_SPAN: Final = f"process {QUEUE}"
+# Outcomes that leave the event unsent for now: its span ends with an error status.
+_FAILURES: Final = (routing.Failed, routing.Unreadable, routing.Crashed)
 _log = get_logger(__name__)
+_tracer = get_tracer(__name__)
 
 Handle = Callable[[UserRegistered], HandlingResult]
 
@@ -41,12 +54,24 @@ class DeliveryProcessor:
         self._metrics.set_breaker_open(breaker.is_open)
 
     def process(self, delivery: Delivery) -> Action:
-        with event_context(delivery.log_id, delivery.properties.correlation_id):
+        with (
+            _consumer_span(delivery) as span,
+            event_context(delivery.log_id, delivery.properties.correlation_id),
+        ):
+            outcome: DeliveryOutcome
             try:
-                return self.router.route(delivery, self._outcome(delivery), now=datetime.now(UTC))
+                outcome = self._outcome(delivery)
+                action = self.router.route(delivery, outcome, now=datetime.now(UTC))
             except Exception as error:  # noqa: BLE001 - a bug must not leave the delivery unsettled
                 _log.exception("unexpected error while handling an event")
-                return self.router.route(delivery, routing.Crashed(error), now=datetime.now(UTC))
+                outcome = routing.Crashed(error)
+                action = self.router.route(delivery, outcome, now=datetime.now(UTC))
+            if span is not None:
+                span.set_attribute("email_consumer.outcome", type(outcome).__name__)
+                span.set_attribute("email_consumer.action", type(action).__name__)
+                if isinstance(outcome, _FAILURES):
+                    span.set_status(StatusCode.ERROR, type(outcome).__name__)
+            return action
 
     def _outcome(self, delivery: Delivery) -> DeliveryOutcome:
         problem = wire_properties.undecodable(delivery.properties)
@@ -107,3 +132,26 @@ class DeliveryProcessor:
             )
         else:
             _log.warning("mail server accepts again: delivery and dead-lettering resumed")
+
+
+def _consumer_span(delivery: Delivery) -> AbstractContextManager[Span | None]:
+    """The CONSUMER span of one delivery, a child of the context its headers carry."""
+    attributes: dict[str, str | int] = {
+        **messaging_attributes(
+            destination=QUEUE,
+            routing_key=delivery.routing_key,
+            message_id=delivery.properties.message_id,
+            operation="process",
+        ),
+        "messaging.rabbitmq.message.delivery_tag": delivery.tag,
+    }
+    correlation_id = delivery.properties.correlation_id
+    if isinstance(correlation_id, str):
+        attributes["messaging.message.conversation_id"] = correlation_id
+    return traced(
+        _tracer,
+        PROCESS_SPAN,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        parent=extract(delivery.headers),
+    )

@@ -10,7 +10,7 @@ this machine (the password would cross the network in clear text).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import parseaddr
 
@@ -23,10 +23,12 @@ from shared.settings import (
     Environment,
     LoggingSettings,
     MetricsSettings,
+    TracingSettings,
     broker_settings,
     logging_settings,
     metrics_settings,
     sqlite_default_url,
+    tracing_settings,
 )
 from shared.topology import DEFAULT_RETRY_DELAYS_S
 
@@ -78,6 +80,7 @@ class ConsumerSettings:
     worker: WorkerSettings
     retry: RetryPolicy
     metrics: MetricsSettings
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def from_env(cls, env: Environment) -> ConsumerSettings:
@@ -88,6 +91,7 @@ class ConsumerSettings:
         return cls(
             broker=broker_settings(env),
             logging=logging_settings(env),
+            tracing=tracing_settings(env),
             smtp=smtp,
             mail_from=parse_mail_from(env.text("MAIL_FROM", DEFAULT_MAIL_FROM)),
             database_url=env.database_url(

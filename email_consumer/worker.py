@@ -33,6 +33,7 @@ from shared.amqp import BrokerUnavailable, mask_url, open_connection
 from shared.backoff import Doubling, log_method_for
 from shared.logging import event_context, get_logger
 from shared.settings import BrokerSettings
+from shared.tracing import within_message
 
 _log = get_logger(__name__)
 
@@ -240,7 +241,10 @@ class Worker:
         """Settle on the connection thread; a settlement for a closed session is dropped."""
         session.in_flight -= 1
         self._status.delivery_settled()
-        with event_context(delivery.log_id, delivery.properties.correlation_id):
+        with (
+            event_context(delivery.log_id, delivery.properties.correlation_id),
+            within_message(delivery.headers),
+        ):
             if not session.active:
                 _log.warning("session gone: dropping settlement; the broker will redeliver")
                 return

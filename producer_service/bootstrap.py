@@ -26,6 +26,7 @@ from shared.errors import ConfigError
 from shared.logging import configure_logging
 from shared.settings import Environment
 from shared.topology import ROUTING_KEY
+from shared.tracing import configure_tracing
 
 SERVICE = "producer_service"
 DATABASE_VARIABLE = "PRODUCER_DATABASE_URL"
@@ -112,6 +113,7 @@ def bootstrap(
     """
     settings = ProducerSettings.from_env(env or Environment())
     configure_logging(settings.logging, service=SERVICE, secrets=_secrets(settings))
+    configure_tracing(settings.tracing, service=SERVICE)  # only if an OTEL_* variable asks
     # Builds the AMQP parameters once, only to check them: the URL (host, port, vhost) and the
     # TLS files. The publisher builds them again when it connects.
     connection_parameters(settings.broker)

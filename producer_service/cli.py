@@ -149,8 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register(producer: Producer, args: argparse.Namespace) -> int:
+    from shared.tracing import within  # not at the top: `health` needs none of it
+
     registration = producer.register(args.username, args.email, args.full_name)
-    with event_context(registration.event_id, registration.correlation_id):
+    with (
+        event_context(registration.event_id, registration.correlation_id),
+        within(registration.traceparent),
+    ):
         _log.info("user registered", user_id=registration.user_id)
         published = _publish_now(producer, registration.event_id)
     if args.json:

@@ -43,6 +43,8 @@ class OutboxMessage:
     created_at: datetime
     headers: Mapping[str, Any] = field(default_factory=dict)
     id: int = 0
+    # The registration's W3C trace context, when it was traced; the publish continues it.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

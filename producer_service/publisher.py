@@ -6,6 +6,11 @@ I/O loop until the broker has confirmed every delivery tag of that batch, so a c
 the next batch first. A `basic.return` arrives before its ack, so returns are remembered by
 `message_id` and that ack counts as a failure. When the connection fails, every batch still
 waiting fails with it.
+
+With tracing on, each publish is a PRODUCER span, a child of the registration's span (the
+traceparent stored with the outbox row), from the write to the broker's confirm; its context
+goes out in the `traceparent` header. With tracing off, a stored traceparent is passed on as it
+is, and nothing else is done per event.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 import pika.spec
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from producer_service.ports import OutboxMessage, PublishInFlight, PublishOutcome
 from shared.amqp import (
@@ -31,10 +38,14 @@ from shared.amqp import (
 from shared.logging import get_logger
 from shared.settings import BrokerSettings
 from shared.topology import EXCHANGE, declare_topology
+from shared.tracing import TRACEPARENT, context_of, get_tracer, inject, is_enabled
+from shared.tracing import messaging_attributes as tracing_attributes
 
 APP_ID: Final = "producer_service"
 _CLOSE_TIMEOUT_S: Final = 5.0
+PUBLISH_SPAN: Final = f"publish {EXCHANGE}"
 _log = get_logger(__name__)
+_tracer = get_tracer(__name__)
 
 
 def declare_producer_topology(settings: BrokerSettings) -> None:
@@ -82,9 +93,9 @@ class ConfirmingPublisher:
         self._closing = False
         self._stop_when: Callable[[], bool] | None = None
         self._next_tag = 0
-        # Delivery tag -> (its batch, event id) of every publish not yet acked or nacked, oldest
-        # first.
-        self._unconfirmed: OrderedDict[int, tuple[_Batch, str]] = OrderedDict()
+        # Delivery tag -> (its batch, event id, its span when tracing) of every publish not yet
+        # acked or nacked, oldest first.
+        self._unconfirmed: OrderedDict[int, tuple[_Batch, str, Span | None]] = OrderedDict()
         # Event id -> why the broker returned it; read when its ack (or nack) arrives.
         self._returned: dict[str, str] = {}
 
@@ -113,16 +124,18 @@ class ConfirmingPublisher:
             batch.failed = dict.fromkeys(_ids(messages), reason)
             batch.connection_lost = True
             return batch
+        tracing = is_enabled()  # once per batch, not per event
         try:
             for message in messages:
                 self._next_tag += 1
-                self._unconfirmed[self._next_tag] = (batch, message.event_id)
+                span = _publish_span(message) if tracing else None
+                self._unconfirmed[self._next_tag] = (batch, message.event_id, span)
                 batch.due += 1
                 self._channel.basic_publish(
                     EXCHANGE,
                     message.routing_key,
                     message.body,
-                    properties=_properties(message),
+                    properties=_properties(message, _traceparent(message, span)),
                     mandatory=True,
                 )
         except pika.exceptions.AMQPError as error:
@@ -226,7 +239,8 @@ class ConfirmingPublisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
-        for batch, event_id in self._pop_confirmed(int(method.delivery_tag), bool(method.multiple)):
+        confirmed = self._pop_confirmed(int(method.delivery_tag), bool(method.multiple))
+        for batch, event_id, span in confirmed:
             batch.due -= 1
             returned = self._returned.pop(event_id, None)
             if not acked:
@@ -235,9 +249,11 @@ class ConfirmingPublisher:
                 batch.failed[event_id] = returned
             else:
                 batch.published.add(event_id)
+            if span is not None:
+                _end_span(span, batch.failed.get(event_id))
         self._wake()
 
-    def _pop_confirmed(self, tag: int, multiple: bool) -> list[tuple[_Batch, str]]:
+    def _pop_confirmed(self, tag: int, multiple: bool) -> list[tuple[_Batch, str, Span | None]]:
         if not multiple:
             settled = self._unconfirmed.pop(tag, None)
             return [] if settled is None else [settled]
@@ -256,10 +272,12 @@ class ConfirmingPublisher:
         connection.
         """
         reason = self._failure or "connection closed"
-        for batch, event_id in self._unconfirmed.values():
+        for batch, event_id, span in self._unconfirmed.values():
             batch.due -= 1
             batch.failed[event_id] = reason
             batch.connection_lost = True
+            if span is not None:
+                _end_span(span, reason)
         self._unconfirmed.clear()
         self._returned.clear()
         if self._ready:  # closed once is enough: a close that timed out is not waited for again
@@ -288,7 +306,45 @@ class ConfirmingPublisher:
             self._connection.ioloop.stop()
 
 
-def _properties(message: OutboxMessage) -> pika.BasicProperties:
+def _publish_span(message: OutboxMessage) -> Span:
+    """The PRODUCER span of one publish, continuing the registration's trace."""
+    attributes: dict[str, str | int] = {
+        **tracing_attributes(
+            destination=EXCHANGE,
+            routing_key=message.routing_key,
+            message_id=message.event_id,
+            operation="publish",
+        ),
+        "messaging.message.conversation_id": message.correlation_id,
+        "messaging.message.body.size": len(message.body),
+    }
+    return _tracer.start_span(
+        PUBLISH_SPAN,
+        context=context_of(message.traceparent),
+        kind=SpanKind.PRODUCER,
+        attributes=attributes,
+    )
+
+
+def _traceparent(message: OutboxMessage, span: Span | None) -> str | None:
+    """What goes in the `traceparent` header: the publish span's context, else the stored one."""
+    if span is None:
+        return message.traceparent
+    carrier: dict[str, str] = {}
+    inject(carrier, trace.set_span_in_context(span))
+    return carrier.get(TRACEPARENT)
+
+
+def _end_span(span: Span, failure: str | None) -> None:
+    if failure is not None:
+        span.set_status(StatusCode.ERROR, failure)
+    span.end()
+
+
+def _properties(message: OutboxMessage, traceparent: str | None) -> pika.BasicProperties:
+    headers = dict(message.headers)
+    if traceparent is not None:
+        headers[TRACEPARENT] = traceparent
     return pika.BasicProperties(
         delivery_mode=pika.DeliveryMode.Persistent,
         content_type="application/json",
@@ -297,7 +353,7 @@ def _properties(message: OutboxMessage) -> pika.BasicProperties:
         app_id=APP_ID,
         timestamp=int(message.created_at.timestamp()),
         correlation_id=message.correlation_id,
-        headers=dict(message.headers),
+        headers=headers,
     )
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from producer_service.ports import NewUser, OutboxMessage, RegistrationStore
 from producer_service.validation import validate_registration
 from shared.events import EVENT_TYPE, SCHEMA_VERSION, new_user_registered, serialise
 from shared.ids import new_id
+from shared.tracing import current_traceparent, get_tracer, traced
+
+# The span of the commit; each publish of the event, whenever it happens, is its child.
+REGISTRATION_SPAN: Final = "register user"
+_tracer = get_tracer(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,7 @@ class Registration:
     email: str
     full_name: str | None
     correlation_id: str
+    traceparent: str | None = None  # of the registration's span, when tracing is on
 
 
 class RegisterUser:
@@ -42,6 +49,16 @@ class RegisterUser:
         full_name: str | None = None,
         *,
         correlation_id: str | None = None,
+    ) -> Registration:
+        with traced(_tracer, REGISTRATION_SPAN) as span:
+            registration = self._register(username, email, full_name, correlation_id)
+            if span is not None:
+                span.set_attribute("messaging.message.id", registration.event_id)
+                span.set_attribute("user.id", registration.user_id)
+            return registration
+
+    def _register(
+        self, username: str, email: str, full_name: str | None, correlation_id: str | None
     ) -> Registration:
         valid = validate_registration(username, email, full_name)
         now = datetime.now(UTC)
@@ -71,6 +88,7 @@ class RegisterUser:
             correlation_id=correlation_id,
             created_at=now,
             headers={"schema_version": SCHEMA_VERSION},
+            traceparent=current_traceparent(),
         )
         self._store.add_user_with_event(user, message)
         return Registration(
@@ -80,4 +98,5 @@ class RegisterUser:
             email=user.email,
             full_name=user.full_name,
             correlation_id=correlation_id,
+            traceparent=message.traceparent,
         )

@@ -37,6 +37,7 @@ from producer_service.settings import RelaySettings
 from shared.backoff import Doubling, doubled, log_retry, tenacity_wait
 from shared.errors import TransientError
 from shared.logging import event_context, get_logger
+from shared.tracing import within
 
 PublisherFactory = Callable[[], EventPublisher]
 
@@ -362,7 +363,10 @@ class OutboxRelay:
             for message in messages:
                 reason = outcome.failed.get(message.event_id)
                 if reason is not None:
-                    with event_context(message.event_id, message.correlation_id):
+                    with (
+                        event_context(message.event_id, message.correlation_id),
+                        within(message.traceparent),
+                    ):
                         _log.error("event not published; it stays in the outbox", reason=reason)
         if outcome.published:
             _log.debug("events published", count=len(outcome.published))

@@ -7,7 +7,7 @@ for the same name or address exactly one commits.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -56,6 +56,10 @@ outbox = sa.Table(
     # Seconds since the epoch by the database's clock (`shared.database.db_now`), never a
     # claimant's: compares the same on every backend, without time-zone surprises.
     sa.Column("claimed_until", sa.Float, nullable=True),
+    # The W3C trace context of the registration (`shared.tracing`), when tracing was on: the
+    # publisher of the row, at commit or much later, continues that trace. 55 characters today;
+    # room for a later version's longer form.
+    sa.Column("traceparent", sa.String(128), nullable=True),
     sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
 )
 
@@ -78,10 +82,21 @@ def _create_users_and_outbox(connection: Connection) -> None:
 
 
 def _add_outbox_claims(connection: Connection) -> None:
-    # Step 1 builds `outbox` from the definition above, so a database created since this step
-    # exists already has the columns; only one created before it lacks them.
+    _add_missing_outbox_columns(connection, (outbox.c.claim_token, outbox.c.claimed_until))
+
+
+def _add_outbox_traceparent(connection: Connection) -> None:
+    _add_missing_outbox_columns(connection, (outbox.c.traceparent,))
+
+
+def _add_missing_outbox_columns(
+    connection: Connection, columns: tuple[sa.Column[Any], ...]
+) -> None:
+    # Step 1 builds `outbox` from the definition above, so a database created since a later
+    # step exists already has its columns; only one created before it lacks them. Nullable
+    # columns only: the rows already there get NULL.
     present = {column["name"] for column in sa.inspect(connection).get_columns(outbox.name)}
-    for column in (outbox.c.claim_token, outbox.c.claimed_until):
+    for column in columns:
         if column.name not in present:
             column_type = column.type.compile(dialect=connection.dialect)
             connection.exec_driver_sql(
@@ -89,7 +104,11 @@ def _add_outbox_claims(connection: Connection) -> None:
             )
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_users_and_outbox, _add_outbox_claims)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _create_users_and_outbox,
+    _add_outbox_claims,
+    _add_outbox_traceparent,
+)
 
 
 def upgrade(engine: Engine) -> int:

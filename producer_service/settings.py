@@ -5,17 +5,19 @@ Every variable, its default and its meaning are in docs/CONTRACT.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.settings import (
     BrokerSettings,
     Environment,
     LoggingSettings,
     MetricsSettings,
+    TracingSettings,
     broker_settings,
     logging_settings,
     metrics_settings,
     sqlite_default_url,
+    tracing_settings,
 )
 
 DEFAULT_BATCH_SIZE = 500
@@ -60,6 +62,7 @@ class ProducerSettings:
     logging: LoggingSettings
     relay: RelaySettings
     metrics: MetricsSettings
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def from_env(cls, env: Environment) -> ProducerSettings:
@@ -72,6 +75,7 @@ class ProducerSettings:
             logging=logging_settings(env),
             relay=_relay_settings(env),
             metrics=metrics_settings(env, liveness_timeout_s=DEFAULT_LIVENESS_TIMEOUT_S),
+            tracing=tracing_settings(env),
         )
 
 

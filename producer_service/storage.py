@@ -380,6 +380,7 @@ def _outbox_row(message: OutboxMessage) -> dict[str, Any]:
         "headers": json.dumps(dict(message.headers), separators=(",", ":")),
         "correlation_id": message.correlation_id,
         "created_at": message.created_at,
+        "traceparent": message.traceparent,
     }
 
 
@@ -392,6 +393,7 @@ _MESSAGE_COLUMNS: Final = (
     outbox.c.headers,
     outbox.c.correlation_id,
     outbox.c.created_at,
+    outbox.c.traceparent,
 )
 
 
@@ -401,7 +403,17 @@ def _by_id(message: OutboxMessage) -> int:
 
 def _message(row: Sequence[Any]) -> OutboxMessage:
     # By position, in the order of _MESSAGE_COLUMNS.
-    row_id, event_id, event_type, routing_key, payload, headers, correlation_id, created_at = row
+    (
+        row_id,
+        event_id,
+        event_type,
+        routing_key,
+        payload,
+        headers,
+        correlation_id,
+        created_at,
+        traceparent,
+    ) = row
     if created_at.tzinfo is None:  # SQLite keeps no zone; every value written is UTC
         created_at = created_at.replace(tzinfo=UTC)
     return OutboxMessage(
@@ -413,6 +425,7 @@ def _message(row: Sequence[Any]) -> OutboxMessage:
         headers=_decoded_headers(headers),
         correlation_id=correlation_id,
         created_at=created_at,
+        traceparent=traceparent,
     )
 
 

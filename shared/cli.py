@@ -148,6 +148,19 @@ def run(
             traceback="".join(traceback.format_tb(error.__traceback__)),
         )
         return fail(prog, EXIT_UNEXPECTED, f"unexpected {type(error).__name__}: {error}")
+    finally:
+        _flush_spans()
+
+
+def _flush_spans() -> None:
+    """Export the spans still buffered before the process exits (after a SIGTERM too).
+
+    Only a command that set tracing up imported `shared.tracing`; a healthcheck does not pay
+    for importing the SDK just to find nothing to flush.
+    """
+    tracing = sys.modules.get("shared.tracing")
+    if tracing is not None:
+        tracing.shutdown_tracing()
 
 
 def fail(prog: str, code: int, message: str) -> int:

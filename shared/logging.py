@@ -2,7 +2,8 @@
 
 JSON lines when stderr is not a terminal (containers, CI), readable colour on a terminal.
 Standard-library loggers (pika, SQLAlchemy, tenacity) go through the same processors, so every
-line has one shape. Secrets registered at set-up are replaced wherever they would appear.
+line has one shape. With tracing on, a line written inside a span names its `trace_id` and
+`span_id`. Secrets registered at set-up are replaced wherever they would appear.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_service(service),
+        _add_trace_ids(),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         # Last before rendering, so exception text and library messages are redacted too.
@@ -138,6 +140,24 @@ def _use_json(settings: LoggingSettings) -> bool:
 def _add_service(service: str) -> Processor:
     def add(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
         event_dict.setdefault("service", service)
+        return event_dict
+
+    return add
+
+
+def _add_trace_ids() -> Processor:
+    """Adds `trace_id` and `span_id` of the current span or trace context, when there is one
+    (only with tracing on: then spans are current, or `shared.tracing.within` a stored one).
+
+    Imported here, at set-up: the commands that never log (`health`) skip the import.
+    """
+    from opentelemetry import trace
+
+    def add(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            event_dict.setdefault("trace_id", trace.format_trace_id(span_context.trace_id))
+            event_dict.setdefault("span_id", trace.format_span_id(span_context.span_id))
         return event_dict
 
     return add

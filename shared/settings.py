@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from shared.errors import ConfigError
@@ -138,6 +138,32 @@ def broker_settings(env: Environment) -> BrokerSettings:
         tls_cert_file=env.text("AMQP_TLS_CERT_FILE", "") or None,
         tls_key_file=env.text("AMQP_TLS_KEY_FILE", "") or None,
     )
+
+
+# OpenTelemetry's standard variables that decide whether tracing is on, where the spans go and
+# which service they name; the SDK reads the others itself (OTEL_BSP_*, OTEL_TRACES_SAMPLER,
+# OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...). Values are the SDK's to check.
+TRACING_VARIABLES: Final = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """The `TRACING_VARIABLES` that are set, by name (none set: tracing off)."""
+
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+def tracing_settings(env: Environment) -> TracingSettings:
+    values = {name: env.text(name, "") for name in TRACING_VARIABLES}
+    return TracingSettings({name: value for name, value in values.items() if value})
 
 
 def logging_settings(env: Environment) -> LoggingSettings:

@@ -16,6 +16,7 @@ from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from shared import topology
 from shared.events import to_dict
+from shared.tracing import TRACEPARENT
 from tests.support.broker import ready_count
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
@@ -31,9 +32,10 @@ from tests.support.worker import (
 # Written by the broker itself when it dead-letters or redelivers, not by this code; the
 # document mentions them in prose.
 BROKER_HEADER_PREFIX = "x-"
-# In the document but written by no code yet: the W3C trace context is optional by contract
-# (consumers propagate it when present and must not require it).
-OPTIONAL_NOT_WRITTEN = {"traceparent"}
+# Written by the publisher, not the registration, and only when the event was traced: the W3C
+# trace context is optional by contract (consumers propagate it when present and must not
+# require it); tests/integration/test_tracing_outbox.py checks what the publisher writes.
+WRITTEN_WHEN_TRACED = {TRACEPARENT}
 
 
 def _schemas(document: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def test_documented_failure_headers_are_the_code_constants(
 ) -> None:
     documented = set(_schemas(asyncapi_document)["failureHeaders"]["properties"])
     # A failed event keeps the headers it was published with.
-    kept = {"schema_version", *OPTIONAL_NOT_WRITTEN}
+    kept = {"schema_version", *WRITTEN_WHEN_TRACED}
     assert documented - kept == _failure_header_constants()
     assert kept <= documented
 
@@ -84,8 +86,8 @@ def test_the_producers_headers_are_documented(asyncapi_document: dict[str, Any])
     assert set(headers) <= set(schema["properties"])
     assert set(schema["required"]) <= set(headers)
     _validator(schema).validate(headers)
-    written_somewhere = set(headers) | {failure_headers.REPLAY_COUNT}
-    assert set(schema["properties"]) - written_somewhere == OPTIONAL_NOT_WRITTEN
+    written_somewhere = set(headers) | {failure_headers.REPLAY_COUNT, *WRITTEN_WHEN_TRACED}
+    assert set(schema["properties"]) == written_somewhere
 
 
 @pytest.mark.broker

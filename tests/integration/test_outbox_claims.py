@@ -239,7 +239,7 @@ def test_a_database_from_before_the_claims_is_upgraded_and_its_pending_rows_publ
     assert message_ids(drain_queue(amqp_url)) == pending
     engine = create_database_engine(database_url)
     try:
-        assert upgrade(engine) == len(MIGRATIONS) == 2
+        assert upgrade(engine) == len(MIGRATIONS) == 3
     finally:
         engine.dispose()
 

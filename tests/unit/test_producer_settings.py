@@ -40,10 +40,10 @@ def test_every_variable_read_is_a_producer_relay_or_shared_one() -> None:
     assert (settings.relay.retention_s, settings.relay.confirm_timeout_s) == (0, 5.0)
     own = {name for name in env.names_read if name.startswith(("PRODUCER_", "RELAY_"))}
     shared = env.names_read - own
-    # METRICS_PORT, METRICS_ADDRESS and LIVENESS_TIMEOUT_S: the endpoint both services serve.
-    assert all(name.startswith(("AMQP_", "LOG_", "METRICS_", "LIVENESS_")) for name in shared), (
-        shared
-    )
+    # METRICS_PORT, METRICS_ADDRESS and LIVENESS_TIMEOUT_S: the endpoint both services serve;
+    # OTEL_*: OpenTelemetry's standard variables, the same for both.
+    shared_prefixes = ("AMQP_", "LOG_", "METRICS_", "LIVENESS_", "OTEL_")
+    assert all(name.startswith(shared_prefixes) for name in shared), shared
 
 
 def test_the_relay_serves_nothing_unless_told_and_then_on_loopback() -> None:
