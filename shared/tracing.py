@@ -14,8 +14,9 @@ at the endpoint) is logged by the SDK and dropped, never raised here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context as otel_context
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     # the API alone.
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 # The header (AMQP) and outbox column that carry the W3C trace context (CONTRACT.md).
 TRACEPARENT: Final = "traceparent"
@@ -113,16 +115,12 @@ def configure_tracing(settings: TracingSettings, *, service: str) -> bool:
     names = requested_exporters(settings.variables)
     if not names:
         return False
-    from opentelemetry.sdk import _configuration as sdk_configuration
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    try:
-        exporters, _, _ = sdk_configuration._import_exporters(names, [], [])
-    except RuntimeError as error:
-        raise ConfigError(f"OTEL_TRACES_EXPORTER: {error}") from None
+    exporters = [_exporter_class(name) for name in names]
     provider = TracerProvider(resource=_resource(settings.variables, service))
-    for exporter in exporters.values():
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter()))
     use_provider(provider)
     return True
@@ -244,8 +242,6 @@ def requested_exporters(env: Mapping[str, str]) -> list[str]:
         if not any(env.get(name, "").strip() for name in _ENDPOINT_VARIABLES):
             return []
         requested = "otlp"  # an endpoint alone asks for the OTLP exporter
-    from opentelemetry.sdk import _configuration as sdk_configuration
-
     # `otlp` is the exporter of the protocol asked for; without one, the specification's
     # default, HTTP/protobuf, the one exporter installed (the SDK's own default is gRPC).
     protocols = [env.get(name, "").strip() for name in _PROTOCOL_VARIABLES]
@@ -253,12 +249,27 @@ def requested_exporters(env: Mapping[str, str]) -> list[str]:
     names = []
     for name in (part.strip() for part in requested.split(",")):
         if name == "otlp":
-            name = sdk_configuration._EXPORTER_BY_OTLP_PROTOCOL.get(protocol, "")
+            name = _EXPORTER_BY_OTLP_PROTOCOL.get(protocol, "")
             if not name:
                 raise ConfigError(f"unsupported OTLP protocol {protocol!r}")
         if name:
             names.append(name)
     return list(dict.fromkeys(names))
+
+
+# The names under which the OTLP exporter packages register their span exporters
+# (entry-point group `opentelemetry_traces_exporter`), by OTEL_EXPORTER_OTLP_PROTOCOL.
+_EXPORTER_BY_OTLP_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+_EXPORTER_GROUP: Final = "opentelemetry_traces_exporter"
+
+
+def _exporter_class(name: str) -> Callable[[], SpanExporter]:
+    """The span exporter an installed package registers under `name`, as the SDK finds them."""
+    found = entry_points(group=_EXPORTER_GROUP, name=name)
+    if not found:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: no span exporter {name!r} is installed")
+    exporter: Callable[[], SpanExporter] = next(iter(found)).load()
+    return exporter
 
 
 def _resource(variables: Mapping[str, str], service: str) -> Resource:
