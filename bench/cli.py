@@ -8,6 +8,7 @@ are (figures are for people to read, never a pass/fail in CI).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 import traceback
@@ -25,6 +26,7 @@ from bench.report import markdown, print_report, write_json
 from bench.results import Section, Target, compute_ratios, document, evaluate
 from bench.sections import deliver, latency, memory, publish, scale
 from bench.sizes import Sizes, sizes_for
+from bench.tracing_sink import tracing_to_a_discarding_receiver
 from bench.vhost import broker_admin
 from shared.runtime import freeze_start_up_objects
 
@@ -264,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run the services with OpenTelemetry tracing on, spans exported over OTLP/HTTP to"
+        " a receiver in the bench that discards them (compare with a run without it)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         help="LOG_LEVEL of the measured services (default: INFO, as shipped)",
@@ -334,18 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # walking every start-up object here would count against Dramatiq.
     freeze_start_up_objects()
 
-    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        workdir = args.keep_logs or Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        runners: dict[str, Callable[[], Section]] = {
-            "publish": lambda: publish.run(sizes, workdir),
-            "deliver": lambda: deliver.run(sizes, workdir, args.log_level),
-            "latency": lambda: latency.run(sizes, workdir, args.log_level),
-            "memory": lambda: memory.run(sizes, workdir, args.log_level),
-            "scale": lambda: scale.run(sizes, workdir, args.log_level),
-        }
-        sections = {name: _run_section(name, runners[name], console) for name in chosen}
-
+    with contextlib.ExitStack() as optional:
+        exports = (
+            optional.enter_context(tracing_to_a_discarding_receiver()) if args.tracing else None
+        )
+        sections = _run_sections(args, sizes, chosen, console)
+    meta["tracing"] = (
+        {"on": True, "export_requests": exports.requests, "export_bytes": exports.bytes}
+        if exports is not None
+        else {"on": False}
+    )
     meta["load_average_at_end"] = machine.load_average()
     for section in sections.values():
         compute_ratios(section)
@@ -358,6 +364,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     charts = write_charts(sections, args.output.parent, chart_title(meta))
     console.print(f"written: {', '.join(str(path) for path in [args.output, *charts])}")
     return 1 if any(section.error for section in sections.values()) else 0
+
+
+def _run_sections(
+    args: argparse.Namespace, sizes: Sizes, chosen: Sequence[str], console: Console
+) -> dict[str, Section]:
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        workdir = args.keep_logs or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        runners: dict[str, Callable[[], Section]] = {
+            "publish": lambda: publish.run(sizes, workdir),
+            "deliver": lambda: deliver.run(sizes, workdir, args.log_level),
+            "latency": lambda: latency.run(sizes, workdir, args.log_level),
+            "memory": lambda: memory.run(sizes, workdir, args.log_level),
+            "scale": lambda: scale.run(sizes, workdir, args.log_level),
+        }
+        return {name: _run_section(name, runners[name], console) for name in chosen}
 
 
 def chart_title(meta: dict[str, Any]) -> str:

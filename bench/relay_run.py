@@ -9,6 +9,7 @@ then be in the worker's queue.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -19,6 +20,7 @@ from typing import Any
 from bench.broker_setup import declare_contract_topology
 from bench.logs import quiet_pika
 from bench.processes import Service, python_command, running
+from bench.tracing_sink import tracing_variables
 from shared.settings import Environment
 from shared.topology import QUEUE
 from tests.support.broker import ready_count
@@ -53,7 +55,8 @@ def measure_relay(amqp_url: str, count: int, workdir: Path) -> RelayResult:
 
     declare_contract_topology(amqp_url)
     env = producer_environment(amqp_url, workdir / "producer-relay.sqlite3", "WARNING")
-    producer = bootstrap(Environment(env))
+    # With `--tracing`, this in-process relay traces like the services the bench starts.
+    producer = bootstrap(Environment({**tracing_variables(os.environ), **env}))
     # bootstrap configured this process's logging for the service; the harness keeps pika
     # quiet (shared.topology's passive probe makes pika warn about every fresh vhost).
     quiet_pika()
