@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 
 from email_consumer import failure_headers
-from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from shared import topology
 from shared.events import to_dict
 from shared.tracing import TRACEPARENT
 from tests.support.broker import ready_count
+from tests.support.producer_fakes import FakeRegistrationStore
 from tests.support.smtp import SmtpTestServer
 from tests.support.waiting import wait_until
 from tests.support.worker import (
@@ -68,17 +68,8 @@ def test_documented_failure_headers_are_the_code_constants(
     assert kept <= documented
 
 
-class _CapturingStore:
-    def __init__(self) -> None:
-        self.messages: list[OutboxMessage] = []
-
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
-        self.messages.append(message)
-        return 1
-
-
 def test_the_producers_headers_are_documented(asyncapi_document: dict[str, Any]) -> None:
-    store = _CapturingStore()
+    store = FakeRegistrationStore()
     RegisterUser(store, routing_key=topology.ROUTING_KEY)("alice", "alice@example.com", None)
     [message] = store.messages
     schema = _schemas(asyncapi_document)["publishedHeaders"]

@@ -1,4 +1,8 @@
-"""The relay SIGKILLed after publishing a batch and before marking it published."""
+"""The relay SIGKILLed after publishing a batch and before marking it published.
+
+With tracing on (the services export to an OTLP/HTTP receiver the test starts), the relay that
+takes over publishes each event in the trace its registration stored with the outbox row.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from email_consumer.processing import PROCESS_SPAN
+from producer_service.publisher import PUBLISH_SPAN
+from producer_service.registration import REGISTRATION_SPAN
 from shared import topology
 from tests.faults.harness import (
     DELIVERY_TIMEOUT_S,
@@ -17,6 +24,7 @@ from tests.faults.harness import (
     record,
     scaled,
 )
+from tests.support.tracing import OtlpReceiver, otlp_receiver
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
@@ -34,17 +42,25 @@ def _marked(stack: Stack) -> int:
 def test_relay_killed_between_publish_and_mark_loses_nothing_and_sends_no_duplicate(
     stack: Stack,
 ) -> None:
+    with otlp_receiver() as receiver:
+        _kill_relays_then_deliver(stack, receiver)
+
+
+def _kill_relays_then_deliver(stack: Stack, receiver: OtlpReceiver) -> None:
+    tracing = receiver.environment()
     count = scaled(1500, 10000)
     kills = scaled(2, 5)
     # One big batch: its publications reach the queue well before its marks are committed.
     batch_size = str(count)
     # Stored only: every event is the relay's to publish.
-    simulation = stack.run("producer-service", "simulate", "--count", str(count), "--relay-only")
+    simulation = stack.run(
+        "producer-service", "simulate", "--count", str(count), "--relay-only", **tracing
+    )
     assert simulation.returncode == 0
     committed = stack.committed_event_ids()
 
     for _kill in range(kills):
-        relay = stack.start_relay(RELAY_BATCH_SIZE=batch_size)
+        relay = stack.start_relay(RELAY_BATCH_SIZE=batch_size, **tracing)
         # Kill at the first sign of publishing beyond what is marked: the moment the queue
         # holds more events than the outbox says it published.
         deadline = time.monotonic() + 120
@@ -57,7 +73,7 @@ def test_relay_killed_between_publish_and_mark_loses_nothing_and_sends_no_duplic
     # A last relay publishes what is left, once the dead relays' claims have expired (their
     # lease is derived from RELAY_CONFIRM_TIMEOUT_S).
     killed = time.monotonic()
-    relay = stack.start_relay(RELAY_BATCH_SIZE=batch_size)
+    relay = stack.start_relay(RELAY_BATCH_SIZE=batch_size, **tracing)
     stack.wait_for(lambda: _marked(stack) == count, DELIVERY_TIMEOUT_S, "every event marked")
     republished_after_s = time.monotonic() - killed
     assert relay.terminate() == 0
@@ -65,7 +81,7 @@ def test_relay_killed_between_publish_and_mark_loses_nothing_and_sends_no_duplic
     republished = published - count
     assert republished > 0, "the fault was not injected: nothing was published twice"
 
-    stack.start_worker()
+    stack.start_worker(**tracing)
     took = stack.wait_until_delivered(committed)
     stack.settle()
     result = account(committed, stack.emails_by_event())
@@ -83,3 +99,35 @@ def test_relay_killed_between_publish_and_mark_loses_nothing_and_sends_no_duplic
     assert result.unexpected == []
     # Every republished event reached the worker, and the worker sent none of them twice.
     assert result.duplicated == 0
+    _assert_each_event_kept_its_registration_trace(stack, receiver, committed)
+
+
+def _assert_each_event_kept_its_registration_trace(
+    stack: Stack, receiver: OtlpReceiver, committed: list[str]
+) -> None:
+    registrations = {
+        span.attributes["messaging.message.id"]: span for span in receiver.spans(REGISTRATION_SPAN)
+    }
+    assert set(registrations) == set(committed)
+    # The last relay's publishes were exported (the killed relays' spans died with them): each
+    # is a child of the span of its event's registration, stored with the outbox row.
+    publishes = receiver.spans(PUBLISH_SPAN)
+    assert publishes, "the relays exported no publish span"
+    for publish in publishes:
+        registration = registrations[publish.attributes["messaging.message.id"]]
+        assert (publish.trace_id, publish.parent_span_id) == (
+            registration.trace_id,
+            registration.span_id,
+        )
+
+    # Every delivery, of a copy the killed relays published too, stayed in its event's trace.
+    def processed_in_trace() -> set[str]:
+        return {
+            span.attributes["messaging.message.id"]
+            for span in receiver.spans(PROCESS_SPAN)
+            if span.trace_id == registrations[span.attributes["messaging.message.id"]].trace_id
+        }
+
+    stack.wait_for(
+        lambda: processed_in_trace() == set(committed), 60, "a processing span in each trace"
+    )

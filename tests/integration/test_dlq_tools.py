@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pika
@@ -22,29 +19,13 @@ from tests.support.ports import free_port
 from tests.support.worker import (
     TEST_RETRY_DELAYS,
     dead_letters,
+    email_consumer_command,
     new_event,
     peek,
     publish_event,
 )
 
 pytestmark = pytest.mark.broker
-
-
-def _cli(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "AMQP_URL": amqp_url,
-        "RETRY_DELAYS_S": ",".join(str(d) for d in TEST_RETRY_DELAYS),
-        "LOG_FORMAT": "json",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "email_consumer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _seed(amqp_url: str, count: int) -> list[str]:
@@ -90,7 +71,7 @@ def _seed(amqp_url: str, count: int) -> list[str]:
 
 def test_list_shows_error_attempts_and_time_and_removes_nothing(amqp_url: str) -> None:
     ids = _seed(amqp_url, 3)
-    result = _cli(amqp_url, "dlq", "list", "--json")
+    result = email_consumer_command(amqp_url, "dlq", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(row["event_id"] for row in rows) == sorted(ids)
@@ -102,9 +83,9 @@ def test_list_shows_error_attempts_and_time_and_removes_nothing(amqp_url: str) -
         assert row["dead_letter_reason"] == "permanent"
     assert len(dead_letters(amqp_url)) == 3
 
-    limited = _cli(amqp_url, "dlq", "list", "--limit", "2", "--json")
+    limited = email_consumer_command(amqp_url, "dlq", "list", "--limit", "2", "--json")
     assert len(limited.stdout.splitlines()) == 2
-    table = _cli(amqp_url, "dlq", "list")
+    table = email_consumer_command(amqp_url, "dlq", "list")
     assert table.returncode == 0
     assert all(event_id in table.stdout for event_id in ids)
     assert "SmtpRejected" in table.stdout
@@ -112,7 +93,7 @@ def test_list_shows_error_attempts_and_time_and_removes_nothing(amqp_url: str) -
 
 
 def test_list_of_an_empty_dlq_says_so(amqp_url: str) -> None:
-    result = _cli(amqp_url, "dlq", "list")
+    result = email_consumer_command(amqp_url, "dlq", "list")
     assert result.returncode == 0
     assert "empty" in result.stdout
 
@@ -121,7 +102,7 @@ def test_replay_moves_events_back_with_a_fresh_history_and_a_replay_count(
     amqp_url: str,
 ) -> None:
     _seed(amqp_url, 3)
-    result = _cli(amqp_url, "dlq", "replay", "--limit", "2")
+    result = email_consumer_command(amqp_url, "dlq", "replay", "--limit", "2")
     assert result.returncode == 0, result.stderr
     assert "replayed 2 event(s)" in result.stdout
     assert len(dead_letters(amqp_url)) == 1
@@ -139,20 +120,20 @@ def test_replay_moves_events_back_with_a_fresh_history_and_a_replay_count(
         assert message.properties.correlation_id.startswith("corr-")
         assert json.loads(message.body)["event_id"] == message.properties.message_id
 
-    rest = _cli(amqp_url, "dlq", "replay")
+    rest = email_consumer_command(amqp_url, "dlq", "replay")
     assert "replayed 1 event(s)" in rest.stdout
     assert dead_letters(amqp_url) == []
 
 
 def test_purge_needs_yes(amqp_url: str) -> None:
     _seed(amqp_url, 2)
-    refused = _cli(amqp_url, "dlq", "purge")
+    refused = email_consumer_command(amqp_url, "dlq", "purge")
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
     assert "--yes" in refused.stderr
     assert len(dead_letters(amqp_url)) == 2
 
-    purged = _cli(amqp_url, "dlq", "purge", "--yes")
+    purged = email_consumer_command(amqp_url, "dlq", "purge", "--yes")
     assert purged.returncode == 0, purged.stderr
     assert "purged 2 event(s)" in purged.stdout
     assert dead_letters(amqp_url) == []
@@ -172,7 +153,8 @@ def test_an_event_over_the_delivery_limit_lands_in_the_dlq_and_is_listed(amqp_ur
     finally:
         connection.close()
     [row] = [
-        json.loads(line) for line in _cli(amqp_url, "dlq", "list", "--json").stdout.splitlines()
+        json.loads(line)
+        for line in email_consumer_command(amqp_url, "dlq", "list", "--json").stdout.splitlines()
     ]
     assert row["event_id"] == event.event_id
     assert row["dead_letter_reason"] == "delivery-limit"
@@ -180,14 +162,14 @@ def test_an_event_over_the_delivery_limit_lands_in_the_dlq_and_is_listed(amqp_ur
 
 def test_an_unreachable_broker_is_one_clear_line_without_the_password() -> None:
     url = f"amqp://guest:s3cret-pass@127.0.0.1:{free_port()}/%2F"
-    result = _cli(url, "dlq", "list")
+    result = email_consumer_command(url, "dlq", "list")
     assert result.returncode == 1
     assert "cannot connect" in result.stderr
     assert "s3cret-pass" not in result.stderr + result.stdout
 
 
 def test_a_bad_setting_exits_2_with_one_line() -> None:
-    result = _cli("http://not-amqp", "dlq", "list")
+    result = email_consumer_command("http://not-amqp", "dlq", "list")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "email-consumer: error: configuration error: AMQP_URL must start with amqp:// or amqps://"
@@ -232,8 +214,8 @@ def _controls(text: str) -> set[str]:
 def test_list_shows_control_characters_escaped_in_the_table_and_in_json(amqp_url: str) -> None:
     _seed_control_characters(amqp_url)
 
-    table = _cli(amqp_url, "dlq", "list")
-    as_json = _cli(amqp_url, "dlq", "list", "--json")
+    table = email_consumer_command(amqp_url, "dlq", "list")
+    as_json = email_consumer_command(amqp_url, "dlq", "list", "--json")
 
     assert table.returncode == 0, table.stderr
     assert as_json.returncode == 0, as_json.stderr
@@ -273,12 +255,12 @@ def test_replay_of_one_replays_the_event_a_listing_of_one_just_showed(amqp_url: 
     ids = _seed(amqp_url, 3)
     for expected in ids:
         # A full listing first: on a quorum DLQ it was what moved the head to the back.
-        assert _cli(amqp_url, "dlq", "list", "--json").returncode == 0
-        listed = _cli(amqp_url, "dlq", "list", "--limit", "1", "--json")
+        assert email_consumer_command(amqp_url, "dlq", "list", "--json").returncode == 0
+        listed = email_consumer_command(amqp_url, "dlq", "list", "--limit", "1", "--json")
         assert listed.returncode == 0, listed.stderr
         [row] = [json.loads(line) for line in listed.stdout.splitlines()]
         assert row["event_id"] == expected
-        replayed = _cli(amqp_url, "dlq", "replay", "--limit", "1")
+        replayed = email_consumer_command(amqp_url, "dlq", "replay", "--limit", "1")
         assert "replayed 1 event(s)" in replayed.stdout, replayed.stderr
     assert [m.properties.message_id for m in peek(amqp_url, topology.QUEUE)] == ids
     assert dead_letters(amqp_url) == []
@@ -300,13 +282,13 @@ def test_a_dlq_declared_the_old_way_is_not_listed_but_migrated_without_loss(
         connection.close()
     ids = _seed(amqp_url, 3)  # declares the rest of the topology around the old DLQ
 
-    refused = _cli(amqp_url, "dlq", "list", "--json")
+    refused = email_consumer_command(amqp_url, "dlq", "list", "--json")
     assert refused.returncode == 1
     [line] = refused.stderr.strip().splitlines()
     assert "dlq migrate" in line
     assert refused.stdout == ""
 
-    migrated = _cli(amqp_url, "dlq", "migrate")
+    migrated = email_consumer_command(amqp_url, "dlq", "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "3 event(s) moved" in migrated.stdout
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -315,9 +297,9 @@ def test_a_dlq_declared_the_old_way_is_not_listed_but_migrated_without_loss(
     finally:
         connection.close()
     assert [m.properties.message_id for m in dead_letters(amqp_url)] == ids
-    listed = _cli(amqp_url, "dlq", "list", "--json")
+    listed = email_consumer_command(amqp_url, "dlq", "list", "--json")
     assert [json.loads(line)["event_id"] for line in listed.stdout.splitlines()] == ids
-    again = _cli(amqp_url, "dlq", "migrate")
+    again = email_consumer_command(amqp_url, "dlq", "migrate")
     assert "0 event(s) moved" in again.stdout
 
 
@@ -349,19 +331,19 @@ def test_list_replay_and_purge_work_with_poison_anywhere_in_the_dlq(amqp_url: st
         *_seed(amqp_url, 1),
         _seed_poison(amqp_url, UNDECODABLE, "poison-tail"),
     ]
-    listed = _cli(amqp_url, "dlq", "list", "--json")
+    listed = email_consumer_command(amqp_url, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [row["event_id"] for row in rows] == order
     for row in (rows[0], rows[4]):
         assert row["error_type"] == "UndecodableHeaders"
         assert "OverflowError" in row["error_message"]
-    table = _cli(amqp_url, "dlq", "list")
+    table = email_consumer_command(amqp_url, "dlq", "list")
     assert table.returncode == 0, table.stderr
     assert "poison-head" in table.stdout
     assert "poison-tail" in table.stdout
 
-    replayed = _cli(amqp_url, "dlq", "replay")
+    replayed = email_consumer_command(amqp_url, "dlq", "replay")
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 5 event(s)" in replayed.stdout
     assert dead_letters(amqp_url) == []
@@ -373,6 +355,6 @@ def test_list_replay_and_purge_work_with_poison_anywhere_in_the_dlq(amqp_url: st
 
     _seed_poison(amqp_url, UNDECODABLE, "poison-again")
     _seed(amqp_url, 1)
-    purged = _cli(amqp_url, "dlq", "purge", "--yes")
+    purged = email_consumer_command(amqp_url, "dlq", "purge", "--yes")
     assert "purged 2 event(s)" in purged.stdout, purged.stderr
     assert dead_letters(amqp_url) == []

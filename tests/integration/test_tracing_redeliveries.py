@@ -4,9 +4,6 @@ the trace the event was published with (real broker and worker, its real OTLP/HT
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +18,8 @@ from tests.support.smtp import SmtpTestServer
 from tests.support.tracing import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support.waiting import wait_until
 from tests.support.worker import (
-    TEST_RETRY_DELAYS,
     dead_letters,
+    email_consumer_command,
     new_event,
     publish,
     running_worker,
@@ -76,28 +73,7 @@ def test_a_delayed_retry_is_another_delivery_of_the_same_trace(
         smtp_server.wait_for(1)
         deliveries = _deliveries(receiver, 2)
 
-    assert len(deliveries) == 2
-    for span in deliveries:
-        assert (span.trace_id, span.parent_span_id) == (TRACE_ID, PUBLISH_SPAN_ID)
-        assert span.attributes["messaging.message.id"] == event_id
-    assert _outcomes(deliveries) == ["Done", "Failed"]
-
-
-def _dlq(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "AMQP_URL": amqp_url,
-        "RETRY_DELAYS_S": ",".join(str(delay) for delay in TEST_RETRY_DELAYS),
-        "LOG_FORMAT": "json",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "email_consumer", "dlq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    _assert_a_failed_then_a_done_delivery_in_the_published_trace(deliveries, event_id)
 
 
 def test_a_dead_letter_and_its_replay_keep_the_trace(
@@ -114,11 +90,17 @@ def test_a_dead_letter_and_its_replay_keep_the_trace(
         assert dead.headers[TRACEPARENT] == PUBLISHED_TRACEPARENT
 
         smtp_server.refuse_permanently(None)
-        replayed = _dlq(amqp_url, "replay")
+        replayed = email_consumer_command(amqp_url, "dlq", "replay")
         assert replayed.returncode == 0, replayed.stderr
         smtp_server.wait_for(1)
         deliveries = _deliveries(receiver, 2)
 
+    _assert_a_failed_then_a_done_delivery_in_the_published_trace(deliveries, event_id)
+
+
+def _assert_a_failed_then_a_done_delivery_in_the_published_trace(
+    deliveries: list[ReceivedSpan], event_id: str
+) -> None:
     assert len(deliveries) == 2
     for span in deliveries:
         assert (span.trace_id, span.parent_span_id) == (TRACE_ID, PUBLISH_SPAN_ID)

@@ -7,7 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+from email_consumer.breaker import DeadLetterBreaker
+from email_consumer.metrics import WorkerMetrics
 from email_consumer.ports import ClaimAnswer, RenderedEmail
+from email_consumer.processing import DeliveryProcessor, Handle
+from email_consumer.retry_policy import RetryPolicy
+from email_consumer.routing import Router
 
 
 class FakeSender:
@@ -91,3 +96,27 @@ class FakeProcessedEvents:
 
     def dispose(self) -> None:
         self.disposed = True
+
+
+def delivery_processor(
+    handle: Handle,
+    *,
+    metrics: WorkerMetrics | None = None,
+    breaker: DeadLetterBreaker | None = None,
+    stopping: threading.Event | None = None,
+    broker_delays_s: tuple[int, ...] = (5, 30, 300),
+) -> DeliveryProcessor:
+    """A processor around `handle` with the router and breaker settings the unit tests share."""
+    router = Router(
+        policy=RetryPolicy(broker_delays_s=broker_delays_s),
+        host="worker-1",
+        breaker_probe_s=30,
+        uncertain_resend_after_s=30,
+    )
+    return DeliveryProcessor(
+        handle=handle,
+        router=router,
+        breaker=breaker or DeadLetterBreaker(threshold=2, probe_interval_s=30),
+        metrics=metrics or WorkerMetrics(),
+        stopping=stopping or threading.Event(),
+    )

@@ -198,6 +198,10 @@ class FakeRegistrationStore:
         self.stored.append((user, message))
         return len(self.stored)
 
+    @property
+    def messages(self) -> list[OutboxMessage]:
+        return [message for _, message in self.stored]
+
 
 def fake_message(number: int) -> OutboxMessage:
     return OutboxMessage(

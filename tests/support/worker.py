@@ -112,6 +112,24 @@ def dead_letters(amqp_url: str) -> list[QueuedMessage]:
     return peek(amqp_url, topology.DEAD_LETTER_QUEUE)
 
 
+def email_consumer_command(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`email-consumer ARGS` (the DLQ tools) against `amqp_url`, with the tests' retry delays."""
+    env = {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "RETRY_DELAYS_S": ",".join(str(delay) for delay in TEST_RETRY_DELAYS),
+        "LOG_FORMAT": "json",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "email_consumer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def patient_smtp(timeout_s: int) -> dict[str, str]:
     """Settings for a worker that waits up to `timeout_s` for every SMTP reply, the final dot's
     included, with the shortest claim lease the worker accepts for that."""

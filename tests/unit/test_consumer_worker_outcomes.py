@@ -21,10 +21,10 @@ from email_consumer.errors import (
 from email_consumer.handler import HandlingResult, Outcome
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.processing import DeliveryProcessor
-from email_consumer.retry_policy import RetryPolicy
-from email_consumer.routing import Ack, Action, Delivery, Forward, HandBack, Router
+from email_consumer.routing import Ack, Action, Delivery, Forward, HandBack
 from shared import topology
 from shared.events import UserRegistered, new_user_registered, serialise
+from tests.support.consumer_fakes import delivery_processor
 
 
 class FakeHandler:
@@ -50,19 +50,7 @@ def _processor(
     breaker: DeadLetterBreaker | None = None,
     stopping: threading.Event | None = None,
 ) -> DeliveryProcessor:
-    router = Router(
-        policy=RetryPolicy(broker_delays_s=(5, 30, 300)),
-        host="worker-1",
-        breaker_probe_s=30,
-        uncertain_resend_after_s=30,
-    )
-    return DeliveryProcessor(
-        handle=handler.handle,
-        router=router,
-        breaker=breaker or DeadLetterBreaker(threshold=2, probe_interval_s=30),
-        metrics=metrics,
-        stopping=stopping or threading.Event(),
-    )
+    return delivery_processor(handler.handle, metrics=metrics, breaker=breaker, stopping=stopping)
 
 
 def _event(number: int = 0) -> UserRegistered:

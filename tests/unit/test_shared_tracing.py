@@ -4,7 +4,6 @@ context in AMQP headers, the registration's and the worker's spans, trace ids in
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime
 
 import pika
@@ -13,23 +12,21 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from email_consumer import failure_headers
-from email_consumer.breaker import DeadLetterBreaker
 from email_consumer.connections import copy_with_headers
 from email_consumer.handler import CLAIM_SPAN, SEND_SPAN, WelcomeEmailHandler
-from email_consumer.metrics import WorkerMetrics
 from email_consumer.processing import PROCESS_SPAN, DeliveryProcessor
 from email_consumer.rendering import WelcomeRenderer
 from email_consumer.retry_policy import RetryPolicy
-from email_consumer.routing import Ack, Delivery, Router
+from email_consumer.routing import Ack, Delivery
 from email_consumer.settings import parse_mail_from
-from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import REGISTRATION_SPAN, RegisterUser
 from shared import topology, tracing
 from shared.errors import ConfigError
 from shared.events import new_user_registered, serialise
 from shared.logging import configure_logging, get_logger
 from shared.settings import Environment, LoggingSettings, TracingSettings, tracing_settings
-from tests.support.consumer_fakes import FakeProcessedEvents, FakeSender
+from tests.support.consumer_fakes import FakeProcessedEvents, FakeSender, delivery_processor
+from tests.support.producer_fakes import FakeRegistrationStore
 from tests.support.tracing import context_of, recording_spans
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -138,17 +135,8 @@ def test_retry_dead_letter_and_replay_copies_keep_the_traceparent() -> None:
 # ---- the registration's span -------------------------------------------------------------------
 
 
-class _CapturingStore:
-    def __init__(self) -> None:
-        self.messages: list[OutboxMessage] = []
-
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
-        self.messages.append(message)
-        return 1
-
-
 def test_the_registration_span_is_stored_with_its_event() -> None:
-    store = _CapturingStore()
+    store = FakeRegistrationStore()
     with recording_spans() as exporter:
         registration = RegisterUser(store, routing_key=topology.ROUTING_KEY)(
             "alice", "alice@example.com"
@@ -165,7 +153,7 @@ def test_the_registration_span_is_stored_with_its_event() -> None:
 
 
 def test_with_tracing_off_no_traceparent_is_stored() -> None:
-    store = _CapturingStore()
+    store = FakeRegistrationStore()
     RegisterUser(store, routing_key=topology.ROUTING_KEY)("alice", "alice@example.com")
     [message] = store.messages
     assert message.traceparent is None
@@ -182,19 +170,7 @@ def _processor(sender: FakeSender) -> DeliveryProcessor:
         policy=RetryPolicy(attempts=1, initial_backoff_s=0.0, max_backoff_s=0.0),
         claim_lease_s=60,
     )
-    router = Router(
-        policy=RetryPolicy(broker_delays_s=(5,)),
-        host="worker-1",
-        breaker_probe_s=30,
-        uncertain_resend_after_s=30,
-    )
-    return DeliveryProcessor(
-        handle=handler.handle,
-        router=router,
-        breaker=DeadLetterBreaker(threshold=2, probe_interval_s=30),
-        metrics=WorkerMetrics(),
-        stopping=threading.Event(),
-    )
+    return delivery_processor(handler.handle, broker_delays_s=(5,))
 
 
 def _delivery(headers: dict[str, object]) -> tuple[Delivery, str]:
