@@ -23,7 +23,7 @@ from email_consumer.routing import Action, Delivery, DeliveryOutcome, Router
 from shared.events import InvalidEvent, UserRegistered, parse_user_registered
 from shared.logging import event_context, get_logger
 from shared.topology import QUEUE
-from shared.tracing import extract, get_tracer, messaging_attributes, traced
+from shared.tracing import NO_SPAN, extract, get_tracer, is_enabled, messaging_attributes, traced
 
 PROCESS_SPAN: Final = f"process {QUEUE}"
 # Outcomes that leave the event unsent for now: its span ends with an error status.
@@ -136,6 +136,9 @@ class DeliveryProcessor:
 
 def _consumer_span(delivery: Delivery) -> AbstractContextManager[Span | None]:
     """The CONSUMER span of one delivery, a child of the context its headers carry."""
+    if not is_enabled():
+        # Tracing off: not even the attributes or the headers' context are worked out.
+        return NO_SPAN
     attributes: dict[str, str | int] = {
         **messaging_attributes(
             destination=QUEUE,

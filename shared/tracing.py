@@ -71,25 +71,26 @@ def traced(
     """A current span for the block (its exception recorded), or nothing at all when tracing is
     off: a hot path then pays one check, not a no-op span's context switch."""
     if _provider is None:
-        return _NO_SPAN
+        return NO_SPAN
     return tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 
 
-_NO_SPAN: Final = nullcontext(None)
+# What `traced` gives with tracing off, for a caller that skips building a span's inputs too.
+NO_SPAN: Final = nullcontext(None)
 
 
 def within(traceparent: str | None) -> AbstractContextManager[object]:
     """The trace `traceparent` names as the current context for the block (tracing on only),
     so that the log lines written there name its trace, outside any span of this process."""
     if _provider is None or not traceparent:
-        return _NO_SPAN
+        return NO_SPAN
     return _attached(context_of(traceparent))
 
 
 def within_message(headers: Mapping[str, Any] | None) -> AbstractContextManager[object]:
     """`within` the trace an AMQP message's headers carry; with tracing off, not even read."""
     if _provider is None:
-        return _NO_SPAN
+        return NO_SPAN
     return within(traceparent_in(headers))
 
 

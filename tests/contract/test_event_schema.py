@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from producer_service.ports import NewUser, OutboxMessage
 from producer_service.registration import RegisterUser
 from producer_service.validation import FULL_NAME_MAX, ValidationError
 from shared.events import InvalidEvent, parse_user_registered
@@ -30,6 +29,7 @@ from tests.contract.event_corpus import (
     near_valid_documents,
     valid_documents,
 )
+from tests.support.producer_fakes import FakeRegistrationStore
 
 Validator = jsonschema.Draft202012Validator
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
@@ -58,17 +58,6 @@ def test_the_schema_example_is_valid(
 # --- the producer ---------------------------------------------------------------------------
 
 
-class _CapturingStore:
-    """Keeps what the registration would commit; the storage itself is tested elsewhere."""
-
-    def __init__(self) -> None:
-        self.messages: list[OutboxMessage] = []
-
-    def add_user_with_event(self, user: NewUser, message: OutboxMessage) -> int:
-        self.messages.append(message)
-        return len(self.messages)
-
-
 _USERNAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}", fullmatch=True)
 _EMAILS = st.emails() | st.builds(
     "{}@{}".format,
@@ -86,7 +75,7 @@ def test_every_event_the_producer_emits_validates(
     email: str,
     full_name: str | None,
 ) -> None:
-    store = _CapturingStore()
+    store = FakeRegistrationStore()
     register = RegisterUser(store, routing_key=ROUTING_KEY)
     try:
         register(username, email, full_name)
