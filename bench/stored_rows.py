@@ -216,4 +216,5 @@ def _outbox_rows(rows: int, age: timedelta, tag: str) -> Iterator[dict[str, Any]
             "last_error": None,
             "claim_token": None,
             "claimed_until": None,
+            "traceparent": None,  # stored only with tracing on
         }
