@@ -40,7 +40,8 @@ DEFAULT_RETRY_DELAYS_S: Final = (5, 30, 300)
 _ACCESS_REFUSED: Final = 403
 _NOT_FOUND: Final = 404
 _PRECONDITION_FAILED: Final = 406
-# RabbitMQ's NOT_FOUND text for a classic queue whose node is down (seen on 3.10.8).
+# RabbitMQ's NOT_FOUND text for a classic queue whose node is down (seen on 3.10.8; 4.0.5
+# answers a no-wait declaration of it without complaint, see _declare_without_counts).
 _HOME_NODE_DOWN: Final = "is down or inaccessible"
 
 
@@ -262,9 +263,7 @@ def _declare_dead_letter_queue(connection: BlockingConnection, *, warn_old: bool
     """
     channel = connection.channel()
     try:
-        channel.queue_declare(
-            DEAD_LETTER_QUEUE, durable=True, arguments=dead_letter_queue_arguments()
-        )
+        _declare_without_counts(channel, DEAD_LETTER_QUEUE, dead_letter_queue_arguments())
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == _NOT_FOUND and _HOME_NODE_DOWN in str(error.reply_text):
             _log.warning(
@@ -283,6 +282,31 @@ def _declare_dead_letter_queue(connection: BlockingConnection, *, warn_old: bool
         return True
     channel.close()
     return True
+
+
+def _declare_without_counts(
+    channel: BlockingChannel, queue: str, arguments: dict[str, Any] | None, *, passive: bool = False
+) -> None:
+    """queue.declare with no-wait, then a round trip on the same channel to hear a refusal.
+
+    A synchronous declaration of an existing queue asks the queue's process for its message and
+    consumer counts. When that process is on a node that is down (a classic queue lives on one
+    node), RabbitMQ 4.0.5 retries for about 66 s and then answers NOT_FOUND "due to timeout";
+    a worker reconnecting after the loss of that node stalled for that long at every attempt
+    (CI, 2026-12-01). With no-wait RabbitMQ checks the name and every argument against the
+    queue's record only, and asks its process nothing: a difference still closes the channel,
+    and basic.qos (harmless on a channel that consumes nothing) is answered after it, so the
+    refusal surfaces here. 3.10.8 refuses the no-wait form at once with its "home node ... is
+    down" text, as it does the synchronous one (measured on two-node clusters of each version,
+    tests/faults/test_cluster_dead_letter_queue.py).
+
+    pika's BlockingChannel offers no no-wait declaration; its underlying Channel does (no
+    callback means no-wait), hence `_impl`.
+    """
+    channel._impl.queue_declare(
+        queue, passive=passive, durable=True, arguments=arguments, callback=None
+    )
+    channel.basic_qos(prefetch_count=0)
 
 
 def dead_letter_queue_is_current(connection: BlockingConnection) -> bool | None:
@@ -320,7 +344,9 @@ def _exist(
         for exchange in exchanges:
             channel.exchange_declare(exchange, passive=True)
         for queue in queues:
-            channel.queue_declare(queue, passive=True)
+            # Existence only: the counts of a passive declaration would wait for the node of a
+            # classic queue (_declare_without_counts).
+            _declare_without_counts(channel, queue, None, passive=True)
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == _NOT_FOUND:
             return False
