@@ -3,6 +3,11 @@
 pika then forgets the consumer and the connection stays open, so a worker that only polls the
 connection would go on running and never receive anything again. It must subscribe again on
 the same connection (declaring the queue anew) and deliver what is registered afterwards.
+
+RabbitMQ 4.0 sends the basic.cancel before the deleted queue is gone: a declaration right after
+it can still find the dying queue, and the binding or basic.consume that follows then gets 404
+NOT_FOUND (reproduced with plain pika on 4.0.5: 2 of 5 tries, 2026-12-01). The worker then
+reconnects, declares and consumes again; that one reconnect, for that reason, is allowed there.
 """
 
 from __future__ import annotations
@@ -39,9 +44,13 @@ def test_a_deleted_and_redeclared_queue_is_consumed_again(stack: Stack) -> None:
     result = account(after, stack.emails_by_event())
     assert result.lost == []
     assert worker.running
-    if not configured_install().in_own_root:
-        # On 3.10, on the connection it had: the cancel was handled, not turned into a
-        # reconnect. On 4.0 the worker was once seen to reconnect instead (1 run in 2, cause
-        # not found yet; issue 14): it consumed again and lost nothing, which is asserted above.
-        assert "broker connection lost" not in worker.output()
-    assert worker.output().count('"consuming"') == 1
+    output = worker.output()
+    reconnects = output.count("broker connection lost")
+    if configured_install().in_own_root:
+        assert reconnects <= 1, output[-3000:]
+        if reconnects:
+            assert f"NOT_FOUND - no queue '{QUEUE}'" in output, output[-3000:]
+    else:
+        # On 3.10 the queue is gone when the cancel arrives: handled on the same connection.
+        assert reconnects == 0, output[-3000:]
+    assert output.count('"consuming"') == 1 + reconnects
