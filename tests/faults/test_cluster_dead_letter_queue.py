@@ -22,10 +22,9 @@ from shared import topology
 from tests.faults.harness import TEST_TIMEOUT_S, Stack, good_event
 from tests.support.cluster import RabbitCluster
 from tests.support.smtp import SmtpTestServer
+from tests.support.worker import TEST_RETRY_DELAYS, publish
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S + 600)]
-
-RETRY_DELAYS_S = (1, 2)  # the harness's RETRY_DELAYS_S
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def _place_topology(cluster: RabbitCluster) -> None:
         channel.queue_declare(
             topology.QUEUE, durable=True, arguments=topology.main_queue_arguments(1)
         )
-        for delay_s in RETRY_DELAYS_S:
+        for delay_s in TEST_RETRY_DELAYS:
             channel.queue_declare(
                 topology.retry_queue_name(delay_s),
                 durable=True,
@@ -58,29 +57,10 @@ def _place_topology(cluster: RabbitCluster) -> None:
         connection.close()
     connection = pika.BlockingConnection(pika.URLParameters(second.amqp_url))
     try:
-        topology.declare_topology(connection.channel(), retry_delays_s=RETRY_DELAYS_S)
+        topology.declare_topology(connection.channel(), retry_delays_s=TEST_RETRY_DELAYS)
     finally:
         connection.close()
     assert cluster.leader_of(topology.QUEUE) is first
-
-
-def _publish(amqp_url: str, bodies: list[bytes]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for body in bodies:
-            channel.basic_publish(
-                topology.EXCHANGE,
-                topology.ROUTING_KEY,
-                body,
-                pika.BasicProperties(
-                    delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
-                ),
-                mandatory=True,
-            )
-    finally:
-        connection.close()
 
 
 def test_a_worker_started_while_the_dead_letter_queues_node_is_down_delivers(
@@ -95,7 +75,8 @@ def test_a_worker_started_while_the_dead_letter_queues_node_is_down_delivers(
         # Well under the 66 s a plain declaration of the DLQ waited on 4.0 before failing.
         stack.wait_consuming(worker, timeout_s=45)
         events = [good_event() for _ in range(5)]
-        _publish(first.amqp_url, [body for _event_id, body in events])
+        for event_id, body in events:
+            publish(first.amqp_url, body, message_id=event_id)
         stack.wait_until_delivered([event_id for event_id, _body in events])
         assert worker.running
         assert stack.emails_by_event() == {event_id: 1 for event_id, _body in events}
