@@ -55,6 +55,9 @@ class PublishOutcome:
     failed: Mapping[str, str]
     connection_lost: bool = False
     """True when the connection failed during the batch; the publisher must be replaced."""
+    refused: frozenset[str] = frozenset()
+    """Of the failed events, those the broker refused with basic.nack (not returned, not lost
+    with the connection)."""
 
 
 class RegistrationStore(Protocol):

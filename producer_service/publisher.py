@@ -66,13 +66,14 @@ def declare_producer_topology(settings: BrokerSettings) -> None:
 class _Batch:
     """One `start`ed batch: what its confirms said so far, and how many are still due."""
 
-    __slots__ = ("connection_lost", "due", "failed", "messages", "published")
+    __slots__ = ("connection_lost", "due", "failed", "messages", "published", "refused")
 
     def __init__(self, messages: Sequence[OutboxMessage]) -> None:
         self.messages = messages
         self.due = 0
         self.published: set[str] = set()
         self.failed: dict[str, str] = {}
+        self.refused: set[str] = set()
         self.connection_lost = False
 
 
@@ -157,7 +158,12 @@ class ConfirmingPublisher:
         for message in batch.messages:
             if message.event_id not in batch.published and message.event_id not in batch.failed:
                 batch.failed[message.event_id] = self._failure or "not confirmed"
-        return PublishOutcome(frozenset(batch.published), batch.failed, batch.connection_lost)
+        return PublishOutcome(
+            frozenset(batch.published),
+            batch.failed,
+            batch.connection_lost,
+            refused=frozenset(batch.refused),
+        )
 
     def idle(self, seconds: float) -> None:
         if self.is_open:
@@ -245,6 +251,7 @@ class ConfirmingPublisher:
             returned = self._returned.pop(event_id, None)
             if not acked:
                 batch.failed[event_id] = "refused by the broker (basic.nack)"
+                batch.refused.add(event_id)
             elif returned is not None:
                 batch.failed[event_id] = returned
             else:

@@ -65,6 +65,7 @@ class RelayTotals:
     published: int = 0
     failed: int = 0
     deleted: int = 0
+    refused: int = 0  # of the failed, those the broker refused with basic.nack
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,8 @@ class OutboxRelay:
                     except TransientError:
                         break  # only reached once a stop was requested
                 try:
-                    published, failed = self.publish_pending(publisher)
+                    this_pass = self._publish_pass(publisher)
+                    published, failed = this_pass.published, this_pass.failed
                     if sweeping is None and self._clock() >= next_sweep:
                         sweeping = self._sweep_batches()
                         next_sweep = self._clock() + _SWEEP_EVERY_S
@@ -193,6 +195,8 @@ class OutboxRelay:
                 stuck_pause_s = 0.0
                 if failed and not published:
                     stuck_pause_s = nothing_gets_through.failed()
+                    if this_pass.refused:
+                        self._replace_refusing_channel(publisher, this_pass.refused)
                 else:
                     nothing_gets_through.reset()
                 if sweeping is not None:
@@ -222,6 +226,12 @@ class OutboxRelay:
 
         A failed event does not hold back the ones after it: the next pass tries it again.
         """
+        totals = self._publish_pass(publisher, event_ids)
+        return totals.published, totals.failed
+
+    def _publish_pass(
+        self, publisher: EventPublisher, event_ids: Sequence[str] | None = None
+    ) -> RelayTotals:
         totals = RelayTotals()
         after_id = 0
         limit = self._settings.batch_size
@@ -254,7 +264,23 @@ class OutboxRelay:
             raise
         if lost:
             raise ConnectionLost("the broker connection failed during a batch")
-        return totals.published, totals.failed
+        return totals
+
+    def _replace_refusing_channel(self, publisher: EventPublisher, refused: int) -> None:
+        """Close a connection on which the broker refused everything the pass sent; the next
+        pass, after the pause, publishes on a new one.
+
+        RabbitMQ 3.10 can refuse every publish on a channel for good: one that first published
+        to the quorum queue just as its leader's node died kept getting basic.nack for the
+        minute it was watched, while a connection opened half a second later to the same node
+        had every publish confirmed (measured with plain pika, docs/RELIABILITY.md). A refusal
+        for a passing reason costs one reconnect per pause, no more.
+        """
+        _log.warning(
+            "the broker refused every event of the pass; publishing on a new connection",
+            refused=refused,
+        )
+        publisher.close()
 
     def _claim_and_start(
         self,
@@ -282,6 +308,7 @@ class OutboxRelay:
         self._on_progress()
         totals.published += len(outcome.published)
         totals.failed += len(outcome.failed)
+        totals.refused += len(outcome.refused)
         return outcome.connection_lost
 
     def sweep(self) -> int:
@@ -359,6 +386,7 @@ class OutboxRelay:
     def _report(self, messages: Sequence[OutboxMessage], outcome: PublishOutcome) -> None:
         self.totals.published += len(outcome.published)
         self.totals.failed += len(outcome.failed)
+        self.totals.refused += len(outcome.refused)
         if outcome.failed:
             for message in messages:
                 reason = outcome.failed.get(message.event_id)

@@ -138,9 +138,15 @@ class FakeInFlight:
 
 class FakePublisher:
     def __init__(
-        self, *, unroutable: set[int] | None = None, lose_connection_after: int | None = None
+        self,
+        *,
+        unroutable: set[int] | None = None,
+        refuse_all: bool = False,
+        lose_connection_after: int | None = None,
     ) -> None:
         self.unroutable = unroutable or set()
+        self.refuse_all = refuse_all
+        """Every event is nacked, as on a RabbitMQ 3.10 channel stuck refusing."""
         self.lose_connection_after = lose_connection_after
         self.sent: list[int] = []
         self.is_open = True
@@ -162,7 +168,7 @@ class FakePublisher:
         return in_flight.outcome
 
     def _outcome(self, messages: Sequence[OutboxMessage]) -> PublishOutcome:
-        published, failed = set(), {}
+        published, failed, refused = set(), {}, set()
         for message in messages:
             if (
                 self.lose_connection_after is not None
@@ -172,13 +178,21 @@ class FakePublisher:
                 self.is_open = False
                 continue
             self.sent.append(message.id)
-            if message.id in self.unroutable:
+            if self.refuse_all:
+                failed[message.event_id] = "refused by the broker (basic.nack)"
+                refused.add(message.event_id)
+            elif message.id in self.unroutable:
                 failed[message.event_id] = "returned by the broker: 312 NO_ROUTE"
             else:
                 published.add(message.event_id)
         for event in self.on_publish:
             event.set()
-        return PublishOutcome(frozenset(published), failed, connection_lost=not self.is_open)
+        return PublishOutcome(
+            frozenset(published),
+            failed,
+            connection_lost=not self.is_open,
+            refused=frozenset(refused),
+        )
 
     def idle(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -182,6 +182,45 @@ def test_run_forever_reconnects_after_a_lost_connection() -> None:
     assert outbox.pending() == []
 
 
+def test_run_forever_moves_to_a_new_connection_when_the_broker_refuses_a_whole_pass() -> None:
+    outbox = FakeOutbox(4)
+    publishers = [FakePublisher(refuse_all=True), FakePublisher()]
+    stop = threading.Event()
+    publishers[1].on_publish.append(stop)
+    connect = iter(publishers).__next__
+    relay = OutboxRelay(outbox, connect, RelaySettings(50, 0.01, 3600, 5), stop=stop)
+    threading.Timer(5, stop.set).start()  # without the reconnect, nothing would ever stop it
+
+    totals = relay.run_forever()
+
+    assert publishers[0].sent == [1, 2, 3, 4]
+    assert not publishers[0].is_open
+    assert publishers[1].sent == [1, 2, 3, 4]
+    assert outbox.pending() == []
+    assert (totals.published, totals.refused) == (4, 4)
+
+
+def test_run_forever_keeps_its_connection_when_the_broker_returns_a_whole_pass() -> None:
+    # A return comes from the broker's routing, the same for every channel: no reconnect.
+    outbox, publisher = FakeOutbox(2), FakePublisher(unroutable={1, 2})
+    stop = threading.Event()
+    connections = []
+
+    def connect() -> FakePublisher:
+        connections.append(publisher)
+        return publisher
+
+    relay = OutboxRelay(outbox, connect, RelaySettings(50, 0.01, 3600, 5), stop=stop)
+    threading.Timer(0.3, stop.set).start()
+
+    totals = relay.run_forever()
+
+    assert len(connections) == 1
+    assert totals.failed >= 2
+    assert totals.refused == 0
+    assert outbox.pending() == [1, 2]
+
+
 def test_the_sweep_deletes_rows_older_than_the_retention() -> None:
     outbox = FakeOutbox(0)
     before = datetime.now(UTC)
