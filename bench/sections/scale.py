@@ -377,6 +377,7 @@ def _worker_retention(
         accepted = sorted(record.accepted_at for record in sink.take())
     during = [moment for moment in accepted if moment <= ended_at]
     gaps = [later - earlier for earlier, later in itertools.pairwise(during)]
+    longest = max(range(len(gaps)), key=gaps.__getitem__, default=None)
     after = url_bytes(databases.consumer)
     return {
         "deleted": deleted,
@@ -386,6 +387,8 @@ def _worker_retention(
         # Emails that ran out before the retention ended would leave its end unmeasured.
         "queue_ran_dry": len(during) >= events,
         "email_gap_max_ms": round(max(gaps, default=0.0) * 1000, 1),
+        # Where the longest gap fell: at the start (connections opening) or in the middle.
+        "email_gap_max_at_s": None if longest is None else round(during[longest] - during[0], 2),
         "bytes_before": before,
         "bytes_after": after,
     }
