@@ -5,6 +5,11 @@ escape: a copy pika cannot encode or the broker refuses requeues the original in
 publishes the copy on a confirm-mode channel and acknowledges the original only once the copy
 is confirmed, so a crash in between leaves two copies, never none. Kept apart from the worker
 so that each of these outcomes is unit-tested with fake channels.
+
+Copies refused (`basic.nack`) several times in a row end the connection: on RabbitMQ 3.10 a
+channel whose first publish to a quorum queue falls inside a leader election can be refused for
+good, while a new connection a moment later is not (docs/RELIABILITY.md). The worker's
+reconnect moves to the next node, where requeueing on the same channel would go round forever.
 """
 
 from __future__ import annotations
@@ -18,16 +23,26 @@ from email_consumer import failure_headers
 from email_consumer.connections import CONNECTION_ERRORS, copy_with_headers
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.routing import Action, Delivery, Forward, HandBack
+from shared.amqp import BrokerUnavailable
 from shared.logging import get_logger
 
 _log = get_logger(__name__)
+
+# Refused copies in a row, none confirmed between, that end the connection. More than one:
+# a single refusal (the target's node restarting) is the broker's answer for that queue, not a
+# sign the channel is stuck.
+REFUSALS_BEFORE_RECONNECT = 3
 
 
 class Settler:
     """Settles deliveries of one consuming channel, copies going out on a confirming one."""
 
-    def __init__(self, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, metrics: WorkerMetrics, refusals_before_reconnect: int = REFUSALS_BEFORE_RECONNECT
+    ) -> None:
         self._metrics = metrics
+        self._refusals_before_reconnect = refusals_before_reconnect
+        self._refusals_in_a_row = 0
 
     def settle(
         self, consume_channel: Any, publish_channel: Any, delivery: Delivery, action: Action
@@ -67,7 +82,10 @@ class Settler:
             # The target refused the copy: keep the original, try again after a redelivery.
             _log.error("could not move event, requeueing", error_type=type(error).__name__)
             consume_channel.basic_nack(delivery.tag, requeue=True)
+            if isinstance(error, pika.exceptions.NackError):
+                self._count_refusal()
             return
+        self._refusals_in_a_row = 0
         consume_channel.basic_ack(delivery.tag)
         self._metrics.count(action.counted_as)
         headers = action.headers
@@ -87,3 +105,14 @@ class Settler:
                 error_type=headers.get(failure_headers.ERROR_TYPE),
                 error=headers.get(failure_headers.ERROR_MESSAGE),
             )
+
+    def _count_refusal(self) -> None:
+        """Raise once `refusals_before_reconnect` copies in a row were refused (see above)."""
+        self._refusals_in_a_row += 1
+        if self._refusals_in_a_row < self._refusals_before_reconnect:
+            return
+        refused, self._refusals_in_a_row = self._refusals_in_a_row, 0
+        raise BrokerUnavailable(
+            f"the broker refused {refused} copies in a row and confirmed none;"
+            " moving to a new connection"
+        )

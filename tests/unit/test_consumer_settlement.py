@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pika
@@ -16,7 +17,8 @@ import pytest
 
 from email_consumer.metrics import WorkerMetrics
 from email_consumer.routing import Ack, Action, Delivery, Forward, HandBack
-from email_consumer.settlement import Settler
+from email_consumer.settlement import REFUSALS_BEFORE_RECONNECT, Settler
+from shared.amqp import BrokerUnavailable
 
 
 class FakeChannel:
@@ -98,3 +100,49 @@ def test_a_settlement_for_a_closed_channel_is_dropped() -> None:
     consume, metrics = _settle(None, channel_open=False)
     assert (consume.acked, consume.nacked) == ([], [])
     assert _dead_lettered(metrics) == 0
+
+
+def _settle_in_turn(
+    settler: Settler, publish_errors: Sequence[BaseException | None]
+) -> FakeChannel:
+    """Settle one delivery per entry on the same channels, each copy meeting that outcome."""
+    consume, publish = FakeChannel(), FakeChannel()
+    for tag, error in enumerate(publish_errors, start=1):
+        publish.publish_error = error
+        delivery = Delivery(tag, "user.registered", pika.BasicProperties(), b"{}", time.monotonic())
+        settler.settle(consume, publish, delivery, TO_DLQ)
+    return consume
+
+
+def _nack() -> pika.exceptions.NackError:
+    return pika.exceptions.NackError([])
+
+
+def test_copies_refused_in_a_row_end_the_connection_each_original_requeued() -> None:
+    settler = Settler(WorkerMetrics())
+    refused = [_nack() for _ in range(REFUSALS_BEFORE_RECONNECT - 1)]
+    consume = _settle_in_turn(settler, refused)
+    assert consume.nacked == [(tag, True) for tag in range(1, REFUSALS_BEFORE_RECONNECT)]
+    consume, publish = FakeChannel(), FakeChannel(_nack())
+    delivery = Delivery(99, "user.registered", pika.BasicProperties(), b"{}", time.monotonic())
+    with pytest.raises(
+        BrokerUnavailable, match=f"refused {REFUSALS_BEFORE_RECONNECT} copies in a row"
+    ):
+        settler.settle(consume, publish, delivery, TO_DLQ)
+    # The one that tipped it is requeued too, before the connection goes.
+    assert consume.nacked == [(99, True)]
+
+
+def test_a_confirmed_copy_between_refusals_keeps_the_connection() -> None:
+    settler = Settler(WorkerMetrics())
+    almost = [_nack() for _ in range(REFUSALS_BEFORE_RECONNECT - 1)]
+    consume = _settle_in_turn(settler, [*almost, None, *almost])
+    assert consume.acked == [REFUSALS_BEFORE_RECONNECT]
+    assert len(consume.nacked) == 2 * len(almost)
+
+
+def test_unroutable_copies_keep_the_connection() -> None:
+    # No route is the same on every channel and every node: a new connection cannot help.
+    unroutable = [pika.exceptions.UnroutableError([]) for _ in range(2 * REFUSALS_BEFORE_RECONNECT)]
+    consume = _settle_in_turn(Settler(WorkerMetrics()), unroutable)
+    assert len(consume.nacked) == len(unroutable)
