@@ -1,4 +1,5 @@
-"""The relay loop: an unroutable event stays pending and is logged; SIGTERM stops it cleanly."""
+"""The relay loop: an unroutable event stays pending and is logged, a pass the broker refuses
+moves to a new connection, SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import topology
+from tests.support.broker import BrokerAdmin
 from tests.support.producer import (
     COMMAND,
     closed_port_url,
@@ -55,6 +58,34 @@ def test_a_returned_event_stays_pending_and_is_published_once_routable(
     assert {line["event_id"] for line in errors} == {lost}
     assert all("returned by the broker" in line["reason"] for line in errors)
     assert lost in message_ids(drain_queue(amqp_url))
+
+
+def test_a_pass_the_broker_refuses_entirely_is_published_on_a_new_connection(
+    broker_admin: BrokerAdmin, vhost: str, amqp_url: str, database_url: str
+) -> None:
+    """RabbitMQ 3.10 can refuse a channel's every publish after a quorum leader election
+    (docs/RELIABILITY.md); a policy refuses the same way on demand."""
+    env = producer_env(amqp_url, database_url, RELAY_POLL_INTERVAL_S="0.1")
+    first = queue_event(database_url, "first")
+    relay = start_producer("relay", env=env)
+    try:
+        wait_until(lambda: _published(database_url, first), what="the first event")
+        with broker_admin.refusing_publishes(vhost, topology.QUEUE):
+            refused = queue_event(database_url, "refused")
+            wait_until(lambda: _attempts(database_url, refused) >= 2, what="two refused passes")
+            [row] = [row for row in outbox_rows(database_url) if row.event_id == refused]
+            assert row.published_at is None
+            assert "basic.nack" in row.last_error
+        wait_until(lambda: _published(database_url, refused), what="the event to be published")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        _, stderr = relay.communicate(timeout=60)
+    assert relay.returncode == 0, stderr
+    lines = json_lines(stderr)
+    given_up = [line for line in lines if line["event"].startswith("the broker refused every")]
+    assert len(given_up) >= 2, stderr  # one per refused pass
+    assert all(line["refused"] == 1 for line in given_up)
+    assert message_ids(drain_queue(amqp_url)) == [first, refused]
 
 
 def test_sigterm_while_the_broker_is_away_exits_0(database_url: str, tmp_path: Path) -> None:

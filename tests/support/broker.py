@@ -11,7 +11,9 @@ a private node of the RabbitMQ in that root filesystem, started for the run and 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -116,6 +118,19 @@ class BrokerAdmin:
             except subprocess.TimeoutExpired:
                 process.kill()
         self._deleting.clear()
+
+    @contextlib.contextmanager
+    def refusing_publishes(self, vhost: str, queue: str) -> Iterator[None]:
+        """While inside, the broker refuses (basic.nack) every publish routed to `queue`: a
+        policy limits it to no message, and `reject-publish` refuses rather than drops."""
+        policy = f"refuse-{uuid.uuid4().hex[:8]}"
+        limit = json.dumps({"max-length": 0, "overflow": "reject-publish"})
+        pattern = f"^{re.escape(queue)}$"
+        self.ctl("set_policy", "-p", vhost, "--apply-to", "queues", policy, pattern, limit)
+        try:
+            yield
+        finally:
+            self.ctl("clear_policy", "-p", vhost, policy)
 
     def close_connections(self, vhost: str, reason: str = "closed by test") -> int:
         """Close every connection to `vhost`, as a broker restart would; returns the count."""
