@@ -9,6 +9,7 @@ installs it); without it these tests fail saying so.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -59,12 +60,15 @@ _PROMQL_WORDS = frozenset(
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
     """promtool from PATH, or else the one inside the compose file's Prometheus image (where
-    Docker answers), as the suite's broker comes from Docker when no local one answers."""
+    Docker answers), as the suite's broker comes from Docker when no local one answers. Name
+    files relative to `cwd`: the container sees that folder only."""
     if shutil.which("promtool") is not None:
         command = ["promtool", *args]
     elif docker_engine_answers():
         command = [
             *("docker", "run", "--rm", "--entrypoint", "promtool"),
+            # As this user, not the image's `nobody`: pytest's folders are private to their owner.
+            *("--user", f"{os.getuid()}:{os.getgid()}"),
             *("--volume", f"{cwd}:/rules:ro", "--workdir", "/rules", PROMETHEUS_IMAGE, *args),
         ]
     else:
@@ -168,7 +172,7 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = promtool("check", "rules", str(path), cwd=tmp_path)
+    result = promtool("check", "rules", path.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
