@@ -8,8 +8,8 @@ so that each of these outcomes is unit-tested with fake channels.
 
 Copies refused (`basic.nack`) several times in a row end the connection: on RabbitMQ 3.10 a
 channel whose first publish to a quorum queue falls inside a leader election can be refused for
-good, while a new connection a moment later is not (docs/RELIABILITY.md). The worker's
-reconnect moves to the next node, where requeueing on the same channel would go round forever.
+good, while a new connection a moment later is not (docs/RELIABILITY.md). Requeueing on that
+channel would go round forever; the worker's reconnect moves to the next node instead.
 """
 
 from __future__ import annotations
@@ -37,11 +37,8 @@ REFUSALS_BEFORE_RECONNECT = 3
 class Settler:
     """Settles deliveries of one consuming channel, copies going out on a confirming one."""
 
-    def __init__(
-        self, metrics: WorkerMetrics, refusals_before_reconnect: int = REFUSALS_BEFORE_RECONNECT
-    ) -> None:
+    def __init__(self, metrics: WorkerMetrics) -> None:
         self._metrics = metrics
-        self._refusals_before_reconnect = refusals_before_reconnect
         self._refusals_in_a_row = 0
 
     def settle(
@@ -107,9 +104,9 @@ class Settler:
             )
 
     def _count_refusal(self) -> None:
-        """Raise once `refusals_before_reconnect` copies in a row were refused (see above)."""
+        """Raise once `REFUSALS_BEFORE_RECONNECT` copies in a row were refused (see above)."""
         self._refusals_in_a_row += 1
-        if self._refusals_in_a_row < self._refusals_before_reconnect:
+        if self._refusals_in_a_row < REFUSALS_BEFORE_RECONNECT:
             return
         refused, self._refusals_in_a_row = self._refusals_in_a_row, 0
         raise BrokerUnavailable(
