@@ -80,8 +80,9 @@ class SmtpEmailSender:
         # Idle connections, the most recently used last: it is taken first, being the least
         # likely to have been dropped by the server.
         self._idle: list[_Pooled] = []
-        # Every open connection, idle or in use, so `close_all` can say QUIT to each.
+        # Every open connection, idle or in use, for `open_connections`.
         self._open: set[smtplib.SMTP] = set()
+        self._closed = False  # set by `close_all`: a connection whose send ends is not kept
         self.connections_opened = 0
         """How many connections this sender has opened in all (for tests and diagnostics)."""
 
@@ -116,7 +117,13 @@ class SmtpEmailSender:
                 raise
             pooled.last_used = self._clock()
             with self._lock:
-                self._idle.append(pooled)
+                keep = not self._closed
+                if keep:
+                    self._idle.append(pooled)
+                else:
+                    self._open.discard(pooled.connection)
+            if not keep:
+                _quit_quietly(pooled.connection)
 
     def _send_on(self, pooled: _Pooled, email: RenderedEmail, *, reused: bool) -> None:
         """Transmit on `pooled` (replacing its connection once if a reused one was dropped)."""
@@ -178,12 +185,20 @@ class SmtpEmailSender:
                 connection.sock.settimeout(self._settings.timeout_s)
 
     def close_all(self) -> None:
-        """Say QUIT on every connection; for shutdown, once the worker's pool is idle."""
+        """For shutdown: say QUIT on every idle connection now, and on each connection still in
+        use when its transaction ends (by the thread using it, so none is ever kept again).
+
+        A connection in use is left alone: smtplib is not thread-safe, and a QUIT from here
+        would read the reply meant for the transaction and drop the session under it, after
+        the server may have accepted the message (the worker stops with sends still running
+        once its shutdown timeout passes).
+        """
         with self._lock:
-            connections = list(self._open)
-            self._open.clear()
+            self._closed = True
+            idle = [pooled.connection for pooled in self._idle]
             self._idle.clear()
-        for connection in connections:
+            self._open.difference_update(idle)
+        for connection in idle:
             _quit_quietly(connection)
 
     def _take_idle(self) -> _Pooled | None:

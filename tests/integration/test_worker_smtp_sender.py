@@ -29,6 +29,7 @@ from email_consumer.smtp_sender import SmtpEmailSender
 from shared.errors import TransientError
 from tests.support.ports import free_port
 from tests.support.smtp import SmtpTestServer
+from tests.support.waiting import wait_until
 from tests.support.worker import smtp_server_requiring_login
 
 
@@ -311,6 +312,35 @@ def test_close_all_quits_every_connection(
     assert all(c.sock is None for c in quits)
     assert sender.open_connections == 0
     assert len(smtp_server.messages) == 3
+
+
+def test_close_all_leaves_a_send_in_progress_to_finish_and_then_quits_its_connection(
+    smtp_server: SmtpTestServer,
+) -> None:
+    # A worker shutting down past its shutdown timeout closes the sender while a pool thread is
+    # still mid-transaction. A QUIT on that connection would take the reply meant for the
+    # transaction and drop the session under it: the email would fail, or be left "maybe sent"
+    # after it was accepted, and be sent a second time later.
+    smtp_server.stall_recipients(1.0)
+    sender = SmtpEmailSender(_settings(smtp_server))
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sender.send(_message())
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    wait_until(lambda: smtp_server.recipients_stalled == 1, what="the send to reach RCPT TO")
+    sender.close_all()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert failures == []
+    assert len(smtp_server.messages) == 1
+    # Its own thread said QUIT once the transaction ended, instead of keeping it for reuse.
+    assert sender.open_connections == 0
 
 
 def _self_signed(folder: Path) -> tuple[str, str]:

@@ -43,6 +43,8 @@ class _Behaviour:
     sender_reply: str | None = None
     senders_refused: int = 0
     recipient_reply: str | None = None
+    recipient_stall_s: float = 0.0
+    recipients_stalled: int = 0
     received: list[ReceivedEmail] = field(default_factory=list)
 
 
@@ -65,8 +67,13 @@ class _Handler:
     async def handle_RCPT(  # noqa: N802
         self, smtp: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        behaviour = self._server.behaviour
         with self._server.lock:
-            reply = self._server.behaviour.recipient_reply
+            reply, stall = behaviour.recipient_reply, behaviour.recipient_stall_s
+            if stall:
+                behaviour.recipients_stalled += 1
+        if stall:
+            await asyncio.sleep(stall)
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -194,6 +201,17 @@ class SmtpTestServer:
         """Answer every RCPT TO with `reply` (None accepts again)."""
         with self.lock:
             self.behaviour.recipient_reply = reply
+
+    def stall_recipients(self, seconds: float) -> None:
+        """Wait this long before answering each RCPT TO (a client mid-transaction, before DATA)."""
+        with self.lock:
+            self.behaviour.recipient_stall_s = seconds
+
+    @property
+    def recipients_stalled(self) -> int:
+        """How many RCPT TO commands `stall_recipients` has held (counted on arrival)."""
+        with self.lock:
+            return self.behaviour.recipients_stalled
 
     @property
     def senders_refused(self) -> int:
