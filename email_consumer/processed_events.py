@@ -243,9 +243,17 @@ class SqlProcessedEvents:
                 raise
 
     @classmethod
-    def open(cls, url: str, clock: Callable[[], float] = time.time) -> SqlProcessedEvents:
-        """Connect and bring the schema up to date; `StoreUnavailable` if the database is not."""
-        engine = create_database_engine(url)
+    def open(
+        cls, url: str, clock: Callable[[], float] = time.time, *, threads: int = 5
+    ) -> SqlProcessedEvents:
+        """Connect and bring the schema up to date; `StoreUnavailable` if the database is not.
+
+        `threads`: how many threads use the store at once; the pool keeps that many
+        connections. With SQLAlchemy's default (5, and 10 more opened when needed and closed
+        when returned to a full pool) a transaction beyond the fifth at once paid a PostgreSQL
+        log-in, and one beyond the fifteenth waited for a connection.
+        """
+        engine = create_database_engine(url, pool_size=threads)
         try:
             apply_migrations(engine, COMPONENT, MIGRATIONS)
         except sa.exc.SQLAlchemyError as error:

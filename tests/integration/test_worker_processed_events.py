@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from email_consumer.ports import ClaimAnswer
 from email_consumer.processed_events import SqlProcessedEvents, processed_events
@@ -165,3 +166,43 @@ def test_records_older_than_the_retention_are_deleted(database_url: str) -> None
         assert store.claim(live_claim, "h", 60) is ClaimAnswer.HELD_ELSEWHERE
     finally:
         store.dispose()
+
+
+def test_a_store_shared_by_many_threads_keeps_its_connections_instead_of_logging_in_again(
+    postgres_url: str,
+) -> None:
+    # The worker runs 2 x WORKER_CONCURRENCY threads (32 by default) on one store. With
+    # SQLAlchemy's default pool (5 kept, 10 more opened and closed as bursts come) this test
+    # opened 204 connections, and a worker sending 3,000 emails 1,522 PostgreSQL sessions.
+    threads, rounds = 32, 20
+    opened: list[object] = []
+
+    def count(_dbapi_connection: object, _record: object) -> None:
+        opened.append(_dbapi_connection)
+
+    store = SqlProcessedEvents.open(postgres_url, threads=threads)
+    sa.event.listen(sa.engine.Engine, "connect", count)
+    start = threading.Barrier(threads)
+    try:
+
+        def work() -> None:
+            for _ in range(rounds):
+                # In bursts, as deliveries come: the worker's threads claim together, then
+                # send for a while with no connection checked out.
+                start.wait()
+                event_id = str(uuid.uuid4())
+                assert store.claim(event_id, "t", 60) is ClaimAnswer.CLAIMED
+                store.mark_sent(event_id, "t")
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+    finally:
+        sa.event.remove(sa.engine.Engine, "connect", count)
+        store.dispose()
+    assert not any(worker.is_alive() for worker in workers)
+    # At most one connection per thread, each opened once (the pool may still hold the one
+    # the migrations used).
+    assert len(opened) <= threads, f"{len(opened)} connections for {threads} threads"
