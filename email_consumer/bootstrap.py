@@ -23,7 +23,7 @@ from email_consumer.routing import Router
 from email_consumer.settings import ConsumerSettings
 from email_consumer.smtp_sender import SmtpEmailSender
 from email_consumer.status import WorkerStatus
-from email_consumer.worker import THREADS_PER_CONNECTION, Worker
+from email_consumer.worker import Worker
 from shared.amqp import connection_parameters
 from shared.logging import configure_logging, get_logger
 from shared.tracing import configure_tracing
@@ -86,8 +86,10 @@ def build_worker(
     `processed` and `sender` are given."""
     check_broker_settings(settings)
     if processed is None:
+        # As many as SMTP sessions: a thread holds one for a claim or a mark of a few
+        # milliseconds, between sends that take far longer.
         processed = SqlProcessedEvents.open(
-            settings.database_url, threads=THREADS_PER_CONNECTION * settings.worker.concurrency
+            settings.database_url, connections=settings.worker.concurrency
         )
     if sender is None:
         sender = SmtpEmailSender(settings.smtp, max_connections=settings.worker.concurrency)

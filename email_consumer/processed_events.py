@@ -244,16 +244,20 @@ class SqlProcessedEvents:
 
     @classmethod
     def open(
-        cls, url: str, clock: Callable[[], float] = time.time, *, threads: int = 5
+        cls, url: str, clock: Callable[[], float] = time.time, *, connections: int | None = None
     ) -> SqlProcessedEvents:
         """Connect and bring the schema up to date; `StoreUnavailable` if the database is not.
 
-        `threads`: how many threads use the store at once; the pool keeps that many
-        connections. With SQLAlchemy's default (5, and 10 more opened when needed and closed
-        when returned to a full pool) a transaction beyond the fifth at once paid a PostgreSQL
-        log-in, and one beyond the fifteenth waited for a connection.
+        `connections`: on PostgreSQL, the pool's fixed size (none opened beyond it). With
+        SQLAlchemy's default (5 kept, 10 more opened when needed and closed when returned to a
+        full pool) each burst of the worker's threads paid PostgreSQL log-ins; a fixed pool
+        also bounds what the workers sharing one server take of its `max_connections`.
+        SQLite keeps the default: its writers share one connection anyway.
         """
-        engine = create_database_engine(url, pool_size=threads)
+        pool: dict[str, int] = {}
+        if connections is not None and not url.startswith("sqlite"):
+            pool = {"pool_size": connections, "max_overflow": 0}
+        engine = create_database_engine(url, **pool)
         try:
             apply_migrations(engine, COMPONENT, MIGRATIONS)
         except sa.exc.SQLAlchemyError as error:
