@@ -24,7 +24,7 @@ from bench.broker_setup import declare_contract_topology
 from bench.dramatiq_peer import ACTOR_NAME, QUEUE_NAME, build_actor
 from bench.pipelined import publish_pipelined
 from bench.processes import Service, process_tree_cpu_s, python_command, running
-from bench.sink import Accepted, SmtpSink
+from bench.sink import Accepted, MailServer, SmtpSink
 from bench.workload import make_events, payload, wire_messages
 from email_consumer.settings import ConsumerSettings
 from shared.settings import Environment
@@ -54,7 +54,7 @@ def rate_after_warmup(records: list[Accepted], warmup_fraction: float) -> float:
 
 
 def worker_environment(
-    amqp_url: str, sink: SmtpSink, concurrency: int | None, database: Path, log_level: str
+    amqp_url: str, sink: MailServer, concurrency: int | None, database: Path, log_level: str
 ) -> dict[str, str]:
     """The variables the worker reads (CONTRACT.md and email_consumer/settings.py); with
     `concurrency` None, WORKER_CONCURRENCY is left to its default."""
@@ -131,7 +131,7 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str) -> AbstractConte
 
 
 def start_dramatiq(
-    amqp_url: str, sink: SmtpSink, concurrency: int | None, log_dir: Path, name: str
+    amqp_url: str, sink: MailServer, concurrency: int | None, log_dir: Path, name: str
 ) -> AbstractContextManager[Service]:
     """The Dramatiq command: one process of `concurrency` threads, or, with None, as it starts
     with no options (a process per CPU, eight threads each)."""
@@ -147,7 +147,7 @@ def start_dramatiq(
 
 
 def start_faststream(
-    amqp_url: str, sink: SmtpSink, concurrency: int | None, log_dir: Path, name: str
+    amqp_url: str, sink: MailServer, concurrency: int | None, log_dir: Path, name: str
 ) -> AbstractContextManager[Service]:
     """The FastStream subscriber: a prefetch of `concurrency`, or, with None, its default (none)."""
     env = {

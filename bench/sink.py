@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from typing import Any, Protocol
 
 from shared.runtime import freeze_start_up_objects
 from tests.support.ports import free_port
@@ -34,14 +34,34 @@ class Accepted:
     accepted_at: float
 
 
+class MailServer(Protocol):
+    """Where a measured service sends its email: the sink, or a proxy in front of it."""
+
+    def environment(self) -> dict[str, str]:
+        """SMTP_HOST and SMTP_PORT for the service."""
+        ...
+
+
 class _Recorder:
     """The aiosmtpd handler: wait the configured latency, then record and accept."""
 
     def __init__(self, counter: Synchronized[int], latency_s: float) -> None:
         self.counter = counter
         self.latency_s = latency_s
+        # Offered as real mail servers offer it (aiosmtpd reads pipelined commands in order but
+        # does not say so); clients that do not pipeline (smtplib's `sendmail`, aiosmtplib)
+        # are not affected.
+        self.pipelining = True
         self.records: list[tuple[str, float]] = []
         self.lock = threading.Lock()
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         if self.latency_s:
@@ -84,6 +104,9 @@ def _serve(port: int, latency_s: float, counter: Synchronized[int], commands: Co
             if command == "latency":
                 recorder.latency_s = float(argument)
                 commands.send("ok")
+            elif command == "pipelining":
+                recorder.pipelining = bool(argument)
+                commands.send("ok")
             elif command == "take":
                 with recorder.lock:
                     records, recorder.records = recorder.records, []
@@ -95,7 +118,8 @@ def _serve(port: int, latency_s: float, counter: Synchronized[int], commands: Co
 
 
 class SmtpSink:
-    """Start with `with SmtpSink() as sink:`; `count`, `wait_for`, `take`, `set_latency`."""
+    """Start with `with SmtpSink() as sink:`; `count`, `wait_for`, `take`, `set_latency`,
+    `offer_pipelining`."""
 
     def __init__(self, latency_s: float = 0.0) -> None:
         self.host = "127.0.0.1"
@@ -139,6 +163,11 @@ class SmtpSink:
 
     def set_latency(self, seconds: float) -> None:
         self._commands.send(("latency", seconds))
+        self._commands.recv()
+
+    def offer_pipelining(self, offered: bool) -> None:
+        """Whether EHLO offers PIPELINING to sessions opened from now on (on at the start)."""
+        self._commands.send(("pipelining", offered))
         self._commands.recv()
 
     def take(self) -> list[Accepted]:

@@ -8,6 +8,10 @@ all three systems one after the other (so that a slow minute of the machine hits
   FastStream's prefetch), into an instant sink: the CPU per email is read here;
 * the same, into a sink that takes `sink_latency_s` per message (as a remote mail server does).
   The most any pool of `concurrency` can do then is `concurrency / sink_latency_s`: the ideal;
+* the same slow sink a network round trip away (`mail_rtt_s`, through `DelayProxy`), where
+  a client's round trips per email count: the worker pipelines MAIL, RCPT and DATA (two round
+  trips, the sink offers PIPELINING as real servers do), the peers' clients wait for each reply
+  (four). The worker runs once more with PIPELINING not offered, to show what it is worth;
 * each system at its own defaults, into the slow sink: the worker with no WORKER_CONCURRENCY,
   the Dramatiq command with no options (a process per CPU, eight threads each), FastStream with
   no prefetch (every message in the queue in flight at once).
@@ -15,6 +19,7 @@ all three systems one after the other (so that a slow minute of the machine hits
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.delay_proxy import DelayProxy
 from bench.delivery_runs import (
     DeliveryResult,
     measure,
@@ -36,7 +42,7 @@ from bench.delivery_runs import (
 )
 from bench.processes import Service
 from bench.results import Figure, Section
-from bench.sink import SmtpSink
+from bench.sink import MailServer, SmtpSink
 from bench.sizes import Sizes
 from bench.vhost import private_vhost
 
@@ -48,10 +54,12 @@ _OURS = "email-consumer run"
 @dataclass(frozen=True, slots=True)
 class _Setting:
     suffix: str
-    """What the figures' keys end with: instant, 50ms, defaults_50ms."""
+    """What the figures' keys end with: instant, 50ms, 50ms_rtt10ms, defaults_50ms."""
     latency_s: float
     concurrency: int | None
     """None: each system at its own default."""
+    rtt_s: float = 0.0
+    """The round trip to the sink, through a `DelayProxy`; 0: straight to it."""
 
 
 def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
@@ -59,11 +67,13 @@ def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
     count = sizes.deliver_events
     latency_ms = round(sizes.sink_latency_s * 1000)
     slow = f"{latency_ms}ms"
+    remote = f"{slow}_rtt{round(sizes.mail_rtt_s * 1000)}ms"
     default_concurrency = worker_default_concurrency()
     section.parameters = {
         "events": count,
         "concurrency": sizes.concurrency,
         "sink_latency_ms": latency_ms,
+        "mail_rtt_ms": round(sizes.mail_rtt_s * 1000),
         "warmup_fraction": sizes.warmup_fraction,
         "worker_log_level": log_level,
         "defaults": {
@@ -76,6 +86,7 @@ def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
     settings = (
         _Setting("instant", 0.0, sizes.concurrency),
         _Setting(slow, sizes.sink_latency_s, sizes.concurrency),
+        _Setting(remote, sizes.sink_latency_s, sizes.concurrency, sizes.mail_rtt_s),
         _Setting(f"defaults_{slow}", sizes.sink_latency_s, None),
     )
     results: dict[str, DeliveryResult] = {}
@@ -83,10 +94,29 @@ def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
         for setting in settings:
             sink.set_latency(setting.latency_s)
             # Generous: a run that is stuck must fail, a slow machine must not.
-            timeout_s = 120 + count * max(setting.latency_s, 0.005) * 4
-            for system in SYSTEMS:
-                key = f"{system}_{setting.suffix}"
-                results[key] = _one_run(system, setting, sink, sizes, workdir, log_level, timeout_s)
+            timeout_s = 120 + count * max(setting.latency_s + 4 * setting.rtt_s, 0.005) * 4
+            with _mail_server(sink, setting.rtt_s) as server:
+                for system in SYSTEMS:
+                    key = f"{system}_{setting.suffix}"
+                    results[key] = _one_run(
+                        system, setting, sink, server, sizes, workdir, log_level, timeout_s
+                    )
+                if setting.rtt_s:
+                    sink.offer_pipelining(False)
+                    try:
+                        results[f"worker_no_pipelining_{setting.suffix}"] = _one_run(
+                            "worker",
+                            setting,
+                            sink,
+                            server,
+                            sizes,
+                            workdir,
+                            log_level,
+                            timeout_s,
+                            variant="-no-pipelining",
+                        )
+                    finally:
+                        sink.offer_pipelining(True)
     section.parameters["runs"] = {
         name: {
             "delivered": r.delivered,
@@ -106,6 +136,9 @@ def _figures(
 ) -> list[Figure]:
     latency_ms = round(sizes.sink_latency_s * 1000)
     slow = f"{latency_ms}ms"
+    rtt_ms = round(sizes.mail_rtt_s * 1000)
+    remote = f"{slow}_rtt{rtt_ms}ms"
+    where_remote = f"{latency_ms} ms sink {rtt_ms} ms away"
     equal = f"{sizes.concurrency} at once"
     figures = [
         *_rates(results, "instant", f"{equal}, instant sink", "dramatiq_instant"),
@@ -117,6 +150,15 @@ def _figures(
             what="concurrency divided by the sink's per-message latency",
         ),
         *_rates(results, slow, f"{equal}, {latency_ms} ms sink", f"ideal_{slow}"),
+        *_rates(results, remote, f"{equal}, {where_remote}", f"dramatiq_{remote}"),
+        Figure(
+            f"worker_no_pipelining_{remote}",
+            f"{_OURS}, {equal}, {where_remote}, PIPELINING not offered",
+            results[f"worker_no_pipelining_{remote}"].emails_per_s,
+            "emails/s",
+            baseline=f"worker_{remote}",
+            what="the same run, the sink's EHLO not offering PIPELINING: a command per round trip",
+        ),
         Figure(
             f"ideal_defaults_{slow}",
             f"ideal of the worker's default ({default_concurrency}), {latency_ms} ms sink",
@@ -172,33 +214,40 @@ def _rates(
     return found
 
 
+def _mail_server(sink: SmtpSink, rtt_s: float) -> AbstractContextManager[MailServer]:
+    """The sink itself, or a proxy in front of it that adds `rtt_s` of round trip."""
+    if not rtt_s:
+        return contextlib.nullcontext(sink)
+    return DelayProxy(sink.port, rtt_s)
+
+
 def _one_run(
     system: str,
     setting: _Setting,
     sink: SmtpSink,
+    server: MailServer,
     sizes: Sizes,
     workdir: Path,
     log_level: str,
     timeout_s: float,
+    variant: str = "",
 ) -> DeliveryResult:
+    """One run; `variant` tells apart runs of one system in one setting (fresh events, store)."""
     count = sizes.deliver_events
-    name = f"{system}-{setting.suffix}"
+    run = f"{setting.suffix}{variant}"
+    name = f"{system}-{run}"
     with private_vhost("bench-deliver") as url:
         starter: Callable[[], AbstractContextManager[Service]]
         if system == "worker":
-            preload_worker_queue(url, count, tag=f"w{setting.suffix}")
+            preload_worker_queue(url, count, tag=f"w{run}")
             env = worker_environment(
-                url,
-                sink,
-                setting.concurrency,
-                workdir / f"consumer-{setting.suffix}.sqlite3",
-                log_level,
+                url, server, setting.concurrency, workdir / f"consumer-{run}.sqlite3", log_level
             )
             starter = partial(start_worker, env, workdir, name)
         elif system == "dramatiq":
-            preload_dramatiq_queue(url, count, tag=f"d{setting.suffix}")
-            starter = partial(start_dramatiq, url, sink, setting.concurrency, workdir, name)
+            preload_dramatiq_queue(url, count, tag=f"d{run}")
+            starter = partial(start_dramatiq, url, server, setting.concurrency, workdir, name)
         else:
-            preload_faststream_queue(url, count, tag=f"f{setting.suffix}")
-            starter = partial(start_faststream, url, sink, setting.concurrency, workdir, name)
+            preload_faststream_queue(url, count, tag=f"f{run}")
+            starter = partial(start_faststream, url, server, setting.concurrency, workdir, name)
         return measure(starter, sink, count, sizes.warmup_fraction, timeout_s)

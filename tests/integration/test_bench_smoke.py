@@ -37,8 +37,9 @@ SECTIONS = {
         *(
             f"{system}_{setting}"
             for system in SYSTEMS
-            for setting in ("instant", "50ms", "defaults_50ms", "cpu_per_email")
+            for setting in ("instant", "50ms", "50ms_rtt10ms", "defaults_50ms", "cpu_per_email")
         ),
+        "worker_no_pipelining_50ms_rtt10ms",
         "ideal_50ms",
         "ideal_defaults_50ms",
     },

@@ -3,7 +3,8 @@
 It records every accepted message and can answer 4xx a given number of times, refuse with 5xx,
 stall before answering, take a fixed time per message (a remote mail server), store a message
 and then answer late or drop the connection (an uncertain outcome for the client), refuse the
-sender (a server that wants a login), or go down and come back on the same port.
+sender (a server that wants a login), or go down and come back on the same port. It can offer
+PIPELINING, and tells whether a client used it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class _Behaviour:
     recipient_reply: str | None = None
     recipient_stall_s: float = 0.0
     recipients_stalled: int = 0
+    offer_pipelining: bool = False
+    mails_with_recipient_sent_along: int = 0
     received: list[ReceivedEmail] = field(default_factory=list)
 
 
@@ -52,11 +55,25 @@ class _Handler:
     def __init__(self, server: SmtpTestServer) -> None:
         self._server = server
 
+    async def handle_EHLO(  # noqa: N802
+        self, smtp: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves it to a handler that answers EHLO
+        with self._server.lock:
+            if self._server.behaviour.offer_pipelining:
+                responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
+
     async def handle_MAIL(  # noqa: N802
         self, smtp: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
         behaviour = self._server.behaviour
+        # What the client had sent beyond MAIL FROM before hearing its reply: a pipelining
+        # client's RCPT TO is already here (aiosmtpd's reader is an asyncio.StreamReader).
+        sent_along = bytes(getattr(smtp._reader, "_buffer", b""))
         with self._server.lock:
+            if sent_along.upper().startswith(b"RCPT TO:"):
+                behaviour.mails_with_recipient_sent_along += 1
             if behaviour.sender_reply is not None:
                 behaviour.senders_refused += 1
                 return behaviour.sender_reply
@@ -212,6 +229,17 @@ class SmtpTestServer:
         """How many RCPT TO commands `stall_recipients` has held (counted on arrival)."""
         with self.lock:
             return self.behaviour.recipients_stalled
+
+    def offer_pipelining(self, offered: bool = True) -> None:
+        """Offer PIPELINING (RFC 2920) in EHLO to sessions opened from now on; off at first."""
+        with self.lock:
+            self.behaviour.offer_pipelining = offered
+
+    @property
+    def mails_with_recipient_sent_along(self) -> int:
+        """MAIL FROM commands whose RCPT TO had arrived before their reply went out."""
+        with self.lock:
+            return self.behaviour.mails_with_recipient_sent_along
 
     @property
     def senders_refused(self) -> int:
