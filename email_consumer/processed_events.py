@@ -248,16 +248,10 @@ class SqlProcessedEvents:
     ) -> SqlProcessedEvents:
         """Connect and bring the schema up to date; `StoreUnavailable` if the database is not.
 
-        `connections`: on PostgreSQL, the pool's fixed size (none opened beyond it). With
-        SQLAlchemy's default (5 kept, 10 more opened when needed and closed when returned to a
-        full pool) each burst of the worker's threads paid PostgreSQL log-ins; a fixed pool
-        also bounds what the workers sharing one server take of its `max_connections`.
-        SQLite keeps the default: its writers share one connection anyway.
+        `connections`: on PostgreSQL, the pool's fixed size (`create_database_engine`); the
+        worker passes its concurrency, so its threads never wait for one nor log in per burst.
         """
-        pool: dict[str, int] = {}
-        if connections is not None and not url.startswith("sqlite"):
-            pool = {"pool_size": connections, "max_overflow": 0}
-        engine = create_database_engine(url, **pool)
+        engine = create_database_engine(url, connections=connections)
         try:
             apply_migrations(engine, COMPONENT, MIGRATIONS)
         except sa.exc.SQLAlchemyError as error:

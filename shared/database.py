@@ -44,14 +44,25 @@ def normalise_url(url: str) -> str:
     raise ConfigError("database URL must start with sqlite:/// or postgresql://")
 
 
-def create_database_engine(url: str, **engine_options: Any) -> Engine:
-    """An engine with the settings this project relies on for either database."""
+def create_database_engine(
+    url: str, *, connections: int | None = None, **engine_options: Any
+) -> Engine:
+    """An engine with the settings this project relies on for either database.
+
+    `connections`: on a server database, the pool's fixed size, none opened beyond it. With
+    SQLAlchemy's default (5 kept, 10 more opened when needed and closed when returned to a
+    full pool) each burst of many threads pays log-ins; a fixed pool also bounds what the
+    processes sharing one server take of its `max_connections`. SQLite ignores it: its
+    writers share one lock, and the default pool serves them.
+    """
     url = normalise_url(url)
     # Statement parameters are user data (names, addresses); errors must not carry them into
     # logs.
     engine_options.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **engine_options)
+    if connections is not None:
+        engine_options.update(pool_size=connections, max_overflow=0)
     return sa.create_engine(url, pool_pre_ping=True, **engine_options)
 
 

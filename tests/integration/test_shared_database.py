@@ -76,3 +76,27 @@ def test_a_locked_sqlite_database_fails_as_sqlalchemy_error_at_begin(tmp_path: P
     finally:
         holder.close()
         engine.dispose()
+
+
+def test_a_fixed_pool_on_a_server_database_opens_no_connection_beyond_its_size(
+    postgres_url: str,
+) -> None:
+    engine = create_database_engine(postgres_url, connections=2, pool_timeout=0.2)
+    try:
+        # Both taken, a third waits for one to come back, and none is opened for it.
+        with engine.connect(), engine.connect(), pytest.raises(sa.exc.TimeoutError):
+            engine.connect()
+        with engine.connect(), engine.connect():
+            pass  # the two came back to the pool and serve again
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_ignores_the_pool_size(tmp_path: Path) -> None:
+    # Its writers share one lock; a reader of the same file must not wait for a pool slot.
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}", connections=1)
+    try:
+        with engine.connect(), engine.connect():
+            pass
+    finally:
+        engine.dispose()
