@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pika
 import pika.exceptions
 import pytest
 
-from tests.support.rabbit_node import RabbitNode
+from tests.support.rabbit_node import RabbitNode, RabbitNodeError
 
 pytestmark = [pytest.mark.private_node, pytest.mark.slow]
 
@@ -83,3 +85,38 @@ def test_graceful_restart_keeps_data_and_destroy_leaves_nothing_behind() -> None
         node.destroy()
     assert not node.running
     assert not node.folder.exists()
+
+
+@pytest.mark.parametrize("port_taken", ["amqp_port", "dist_port"])
+def test_first_start_moves_to_new_ports_when_another_process_took_one(port_taken: str) -> None:
+    node = RabbitNode()
+    # What a concurrently starting node does to this one: bind a port between its choice and use.
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind(("127.0.0.1", getattr(node, port_taken)))
+        squatter.listen()
+        first_choice = getattr(node, port_taken)
+        node.start()
+        assert getattr(node, port_taken) != first_choice
+        _publish_persistent(node.amqp_url, "after-clash", {})
+        assert len(_drain(node.amqp_url, "after-clash")) == MESSAGES
+    finally:
+        squatter.close()
+        node.destroy()
+
+
+def test_a_restart_keeps_its_ports_and_fails_loudly_when_one_is_taken() -> None:
+    node = RabbitNode()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        node.start()
+        amqp_port = node.amqp_port
+        node.stop()
+        squatter.bind(("127.0.0.1", amqp_port))
+        squatter.listen()
+        with pytest.raises(RabbitNodeError, match="exited during start-up"):
+            node.start()
+        assert node.amqp_port == amqp_port
+    finally:
+        squatter.close()
+        node.destroy()

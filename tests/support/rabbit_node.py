@@ -40,6 +40,7 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from tests.support.ports import free_port, free_port_block
 from tests.support.rabbit_install import RabbitInstall, RabbitInstallError, configured_install
@@ -49,6 +50,10 @@ from tests.support.rabbit_install import RabbitInstall, RabbitInstallError, conf
 START_TIMEOUT_S: Final = 90.0
 STOP_TIMEOUT_S: Final = 60.0
 _CLI_PORTS: Final = 10
+# What a node that lost the race for one of its ports writes before it exits: the distribution
+# port (RabbitMQ's prelaunch check) or a listener's (Ranch's eaddrinuse).
+_PORT_CLASH_MARKERS: Final = ("dist_port_already_used", "eaddrinuse")
+_PORT_CLASH_ATTEMPTS: Final = 3
 
 
 class RabbitNodeError(RuntimeError):
@@ -116,19 +121,15 @@ class RabbitNode:
         except RabbitInstallError as error:
             raise RabbitNodeError(str(error)) from None
         self.name = f"test-{secrets.token_hex(6)}@localhost"
-        self.amqp_port = free_port()
-        self.dist_port = free_port()
-        self.amqps_port: int | None = free_port() if tls else None
-        # The CLI tools' own distribution ports (default: dist port + 10000 and up, which may be
-        # taken); a block, because vhost deletions run several rabbitmqctl at once.
-        self._cli_ports = free_port_block(_CLI_PORTS)
+        self._tls = tls
+        self._choose_ports()
+        self._has_started = False
         # A root filesystem's node needs an epmd of that root's; the host's nodes share the host's.
         self._epmd = (epmd or PrivateEpmd(self.install)) if self.install.in_own_root else None
         self._owns_epmd = epmd is None
         self.folder = Path(
             tempfile.mkdtemp(prefix="rabbit-node-", dir=self.install.scratch_parent())
         )
-        self._tls = tls
         self._definitions = definitions
         self._extra_config = extra_config
         self._advanced_config = advanced_config
@@ -158,9 +159,30 @@ class RabbitNode:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Start the node (again, with the same data) and wait until AMQP answers."""
+        """Start the node (again, with the same data) and wait until AMQP answers.
+
+        A free port is only free until somebody binds it: another test's node, started at the
+        same moment, may take one of this node's. On the first start only (later ones must keep
+        the addresses clients know) such a clash means new ports and another try.
+        """
         if self.running:
             return
+        for attempt in range(1, _PORT_CLASH_ATTEMPTS + 1):
+            try:
+                self._launch(timeout_s)
+            except RabbitNodeError:
+                if self._has_started or attempt == _PORT_CLASH_ATTEMPTS:
+                    raise
+                if not self._port_clash_logged():
+                    raise
+                self._forget_logs()
+                self._choose_ports()
+                self._write_config()
+                continue
+            self._has_started = True
+            return
+
+    def _launch(self, timeout_s: float) -> None:
         if self._epmd is not None:
             self._epmd.ensure_running()
         output = (self.folder / "server.out").open("ab")
@@ -287,14 +309,33 @@ class RabbitNode:
         (self.folder / "enabled_plugins").write_text("[].\n")
         # Values from the system's rabbitmq-env.conf (its node name above all) must not apply.
         (self.folder / "rabbitmq-env.conf").write_text("")
-        tls_config = self._install_tls_files() if self._tls else ""
-        definitions_config = ""
+        if self._tls:
+            self._install_tls_files()
         if self._definitions is not None:
             shutil.copyfile(self._definitions, self.folder / "definitions.json")
-            definitions_config = f"load_definitions = {self._inside('definitions.json')}"
         if self._advanced_config:
             (self.folder / "advanced.config").write_text(self._advanced_config)
-        (self.folder / "rabbitmq.conf").write_text(
+        self._write_config()
+        self.folder.chmod(0o755)
+        if self._account is not None:
+            for path in [self.folder, *self.folder.rglob("*")]:
+                os.chown(path, self._account.uid, self._account.gid)
+
+    def _choose_ports(self) -> None:
+        self.amqp_port = free_port()
+        self.dist_port = free_port()
+        self.amqps_port: int | None = free_port() if self._tls else None
+        # The CLI tools' own distribution ports (default: dist port + 10000 and up, which may be
+        # taken); a block, because vhost deletions run several rabbitmqctl at once.
+        self._cli_ports = free_port_block(_CLI_PORTS)
+
+    def _write_config(self) -> None:
+        """rabbitmq.conf, which names the TLS listener's port and so follows _choose_ports."""
+        definitions_config = ""
+        if self._definitions is not None:
+            definitions_config = f"load_definitions = {self._inside('definitions.json')}"
+        config = self.folder / "rabbitmq.conf"
+        config.write_text(
             "\n".join(
                 [
                     "log.console = false",
@@ -302,21 +343,26 @@ class RabbitNode:
                     # A test node lives in /tmp, often on a nearly full disk: do not let the
                     # default free-disk alarm block publishers for reasons the test did not set.
                     "disk_free_limit.absolute = 1MB",
-                    tls_config,
+                    self._tls_config(),
                     definitions_config,
                     self._extra_config,
                     "",
                 ]
             )
         )
-        self.folder.chmod(0o755)
         if self._account is not None:
-            for path in [self.folder, *self.folder.rglob("*")]:
-                os.chown(path, self._account.uid, self._account.gid)
+            os.chown(config, self._account.uid, self._account.gid)
 
-    def _install_tls_files(self) -> str:
+    def _port_clash_logged(self) -> bool:
+        return any(marker in self.log_tail(lines=200) for marker in _PORT_CLASH_MARKERS)
+
+    def _forget_logs(self) -> None:
+        """Remove a failed start's logs, so that the next one's are judged on their own."""
+        for path in [self.folder / "server.out", *(self.folder / "log").glob("*.log")]:
+            path.unlink(missing_ok=True)
+
+    def _install_tls_files(self) -> None:
         assert self._tls is not None
-        assert self.amqps_port is not None
         target = self.folder / "tls"
         for source, name in (
             (self._tls.ca_file, "ca.pem"),
@@ -324,6 +370,10 @@ class RabbitNode:
             (self._tls.key_file, "key.pem"),
         ):
             shutil.copyfile(source, target / name)
+
+    def _tls_config(self) -> str:
+        if self.amqps_port is None:
+            return ""
         return "\n".join(
             [
                 f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}",
@@ -399,7 +449,9 @@ def _amqp_answers(port: int) -> bool:
     except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
         # Refusing guest is an AMQP answer: a node booted from definitions has no guest.
         return True
-    except (pika.exceptions.AMQPError, OSError):
+    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError):
+        # AMQPConnectorException: pika lets a handshake timeout out unwrapped, as when the port
+        # is held by something that accepts and never speaks AMQP.
         return False
     return True
 
