@@ -83,8 +83,11 @@ down: ## stop the system (keeps the volumes; `docker compose down -v` drops them
 register: ## register a user through the compose stack: make register USERNAME=bob EMAIL=bob@example.com
 	$(COMPOSE) run --rm producer register '$(USERNAME)' '$(EMAIL)'
 
+# The brokers section measures RabbitMQ 4.0 too where .ci/rabbitmq4-root can build its root (as
+# root); elsewhere it says so and measures the cluster only. BENCH_RABBITMQ4_ROOT set: that root.
 bench: $(INSTALLED) ## run the benchmarks (prints a table, writes bench/results/latest.json)
-	$(VENV_PYTHON) -m bench
+	@root=$${BENCH_RABBITMQ4_ROOT:-$$(.ci/rabbitmq4-root || true)}; \
+	BENCH_RABBITMQ4_ROOT=$$root $(VENV_PYTHON) -m bench
 
 faults: $(INSTALLED) ## run the fault-injection suite alone, with its longer variants
 	FAULTS_LONG=1 $(VENV_PYTHON) -m pytest tests/faults $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """The run's charts, PNG files beside the JSON: throughput beside the peers, latency distribution.
 
 * throughput.png: one horizontal bar chart per section that measures rates with peers
-  (publish, deliver), every events/s or emails/s figure of the run, coloured by system;
+  (publish, deliver, brokers), every events/s or emails/s figure of the run, coloured by system;
 * latency_cdf.png: the share of emails accepted within a latency (log scale), ours beside
   Dramatiq and FastStream at the same rate, and its tail (the share still waiting, log scale),
   where p99 and p99.9 can be read.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.results import Section
 
-THROUGHPUT_SECTIONS = ("publish", "deliver")
+THROUGHPUT_SECTIONS = ("publish", "deliver", "brokers")
 THROUGHPUT_FILE = "throughput.png"
 LATENCY_FILE = "latency_cdf.png"
 COLOURS = {
@@ -45,9 +45,15 @@ class Bar:
 
 
 def system_of(figure_key: str) -> str:
-    """Which system a figure measures, from its key's first word."""
-    first = figure_key.split("_", 1)[0]
-    return "ours" if first in _OURS_PREFIXES else first
+    """Which system a figure measures: the first word of its key that names one (the brokers
+    section's keys start with the broker's name), else the first word."""
+    words = figure_key.split("_")
+    for word in words:
+        if word in _OURS_PREFIXES:
+            return "ours"
+        if word in COLOURS:
+            return word
+    return words[0]
 
 
 def throughput_bars(section: Section) -> list[Bar]:

@@ -24,13 +24,13 @@ from bench.charts import write_charts
 from bench.logs import quiet_pika
 from bench.report import markdown, print_report, write_json
 from bench.results import Section, Target, compute_ratios, document, evaluate
-from bench.sections import deliver, latency, memory, publish, scale
+from bench.sections import brokers, deliver, latency, memory, publish, scale
 from bench.sizes import Sizes, sizes_for
 from bench.tracing_sink import tracing_to_a_discarding_receiver
 from bench.vhost import broker_admin
 from shared.runtime import freeze_start_up_objects
 
-SECTIONS = ("publish", "deliver", "latency", "memory", "scale")
+SECTIONS = ("publish", "deliver", "latency", "memory", "scale", "brokers")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -124,7 +124,34 @@ def targets(sizes: Sizes) -> list[Target]:
             1.10,
         ),
         *scale_targets(sizes),
+        *broker_targets(sizes),
     ]
+    return found
+
+
+def broker_targets(sizes: Sizes) -> list[Target]:
+    """The publish and deliver targets against plain pika and the ideal, on each other broker."""
+    slow = f"{round(sizes.sink_latency_s * 1000)}ms"
+    found: list[Target] = []
+    for broker in brokers.BROKERS:
+        found += [
+            Target(
+                f"{broker}: relay ≥ 0.8x plain pipelined pika",
+                "brokers",
+                f"{broker}_relay",
+                f"{broker}_pika_pipelined",
+                "at_least",
+                0.8,
+            ),
+            Target(
+                f"{broker}: worker ≥ 0.95x ideal, {sizes.concurrency} at once, {slow} sink",
+                "brokers",
+                f"{broker}_worker_{slow}",
+                f"{broker}_ideal_{slow}",
+                "at_least",
+                0.95,
+            ),
+        ]
     return found
 
 
@@ -378,6 +405,7 @@ def _run_sections(
             "latency": lambda: latency.run(sizes, workdir, args.log_level),
             "memory": lambda: memory.run(sizes, workdir, args.log_level),
             "scale": lambda: scale.run(sizes, workdir, args.log_level),
+            "brokers": lambda: brokers.run(sizes, workdir, args.log_level),
         }
         return {name: _run_section(name, runners[name], console) for name in chosen}
 

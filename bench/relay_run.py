@@ -49,12 +49,13 @@ class RelayResult:
     parameters: dict[str, Any]
 
 
-def measure_relay(amqp_url: str, count: int, workdir: Path) -> RelayResult:
-    """Register `count` users, then time one relay pass that publishes their events."""
+def measure_relay(amqp_url: str, count: int, workdir: Path, name: str = "relay") -> RelayResult:
+    """Register `count` users, then time one relay pass that publishes their events; `name`
+    tells apart the databases of several measurements in one `workdir`."""
     from producer_service.bootstrap import bootstrap
 
     declare_contract_topology(amqp_url)
-    env = producer_environment(amqp_url, workdir / "producer-relay.sqlite3", "WARNING")
+    env = producer_environment(amqp_url, workdir / f"producer-{name}.sqlite3", "WARNING")
     # With `--tracing`, this in-process relay traces like the services the bench starts.
     producer = bootstrap(Environment({**tracing_variables(os.environ), **env}))
     # bootstrap configured this process's logging for the service; the harness keeps pika

@@ -25,10 +25,10 @@ class Sizes:
     latency_repeats: int = 3
     """Runs of each latency measurement, the systems taking turns (min/median/max reported)."""
     warmup_fraction: float = 0.1
+    """Share of each delivery run left out of the rate: start-up and connection set-up."""
     mail_rtt_s: float = 0.01
     """The network round trip to the mail server in the deliver section's "remote" setting
     (a relay in another zone, a provider's endpoint); the sink itself is on loopback."""
-    """Share of each delivery run left out of the rate: start-up and connection set-up."""
     scale_rows: int = 1_000_000
     """Rows stored beforehand in the scale section (users, outbox events, processed events)."""
     scale_events: int = 5_000

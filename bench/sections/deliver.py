@@ -52,7 +52,7 @@ _OURS = "email-consumer run"
 
 
 @dataclass(frozen=True, slots=True)
-class _Setting:
+class Setting:
     suffix: str
     """What the figures' keys end with: instant, 50ms, 50ms_rtt10ms, defaults_50ms."""
     latency_s: float
@@ -84,27 +84,26 @@ def run(sizes: Sizes, workdir: Path, log_level: str) -> Section:
         "runs": {},
     }
     settings = (
-        _Setting("instant", 0.0, sizes.concurrency),
-        _Setting(slow, sizes.sink_latency_s, sizes.concurrency),
-        _Setting(remote, sizes.sink_latency_s, sizes.concurrency, sizes.mail_rtt_s),
-        _Setting(f"defaults_{slow}", sizes.sink_latency_s, None),
+        Setting("instant", 0.0, sizes.concurrency),
+        Setting(slow, sizes.sink_latency_s, sizes.concurrency),
+        Setting(remote, sizes.sink_latency_s, sizes.concurrency, sizes.mail_rtt_s),
+        Setting(f"defaults_{slow}", sizes.sink_latency_s, None),
     )
     results: dict[str, DeliveryResult] = {}
     with SmtpSink() as sink:
         for setting in settings:
             sink.set_latency(setting.latency_s)
-            # Generous: a run that is stuck must fail, a slow machine must not.
-            timeout_s = 120 + count * max(setting.latency_s + 4 * setting.rtt_s, 0.005) * 4
+            timeout_s = run_timeout_s(count, setting)
             with _mail_server(sink, setting.rtt_s) as server:
                 for system in SYSTEMS:
                     key = f"{system}_{setting.suffix}"
-                    results[key] = _one_run(
+                    results[key] = one_run(
                         system, setting, sink, server, sizes, workdir, log_level, timeout_s
                     )
                 if setting.rtt_s:
                     sink.offer_pipelining(False)
                     try:
-                        results[f"worker_no_pipelining_{setting.suffix}"] = _one_run(
+                        results[f"worker_no_pipelining_{setting.suffix}"] = one_run(
                             "worker",
                             setting,
                             sink,
@@ -214,6 +213,11 @@ def _rates(
     return found
 
 
+def run_timeout_s(count: int, setting: Setting) -> float:
+    """Generous: a run that is stuck must fail, a slow machine must not."""
+    return 120 + count * max(setting.latency_s + 4 * setting.rtt_s, 0.005) * 4
+
+
 def _mail_server(sink: SmtpSink, rtt_s: float) -> AbstractContextManager[MailServer]:
     """The sink itself, or a proxy in front of it that adds `rtt_s` of round trip."""
     if not rtt_s:
@@ -221,9 +225,9 @@ def _mail_server(sink: SmtpSink, rtt_s: float) -> AbstractContextManager[MailSer
     return DelayProxy(sink.port, rtt_s)
 
 
-def _one_run(
+def one_run(
     system: str,
-    setting: _Setting,
+    setting: Setting,
     sink: SmtpSink,
     server: MailServer,
     sizes: Sizes,

@@ -43,7 +43,7 @@ def run(sizes: Sizes, workdir: Path) -> Section:
         Figure(
             "pika_pipelined",
             "plain pika, pipelined confirms (ceiling)",
-            _pika_rate(sizes.publish_events),
+            pika_rate(sizes.publish_events),
             "events/s",
             what="SelectConnection, up to 1000 unconfirmed, persistent+mandatory, quorum queue;"
             " median of 3 runs",
@@ -98,7 +98,7 @@ def run(sizes: Sizes, workdir: Path) -> Section:
     return section
 
 
-def _pika_rate(count: int) -> float:
+def pika_rate(count: int) -> float:
     """The median of three runs: the ceiling is short, so one stall would skew it most."""
     messages = wire_messages(make_events(count, tag="pika"))
     rates = []

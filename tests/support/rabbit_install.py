@@ -157,11 +157,15 @@ def configured_install() -> RabbitInstall:
     named = os.environ.get(ROOT_VARIABLE, "")
     if not named:
         return host_install()
-    root = Path(named)
+    return root_install(Path(named), named_by=ROOT_VARIABLE)
+
+
+def root_install(root: Path, *, named_by: str) -> RabbitInstall:
+    """The RabbitMQ in root filesystem `root`, which the variable `named_by` gave."""
     install = RabbitInstall(root.resolve(), _ROOT_BIN)
     if not (install.root / _ROOT_BIN.relative_to("/") / "rabbitmq-server").is_file():
         raise RabbitInstallError(
-            f"{ROOT_VARIABLE}={named} holds no RabbitMQ ({_ROOT_BIN}/rabbitmq-server is missing); "
+            f"{named_by}={root} holds no RabbitMQ ({_ROOT_BIN}/rabbitmq-server is missing); "
             "build it with .ci/rabbitmq4-root"
         )
     return install

@@ -44,9 +44,14 @@ def _deliver() -> Section:
         ("pika_pipelined", "pika"),
         ("ideal_50ms", "ideal"),
         ("celery_apply_async", "celery"),
+        # The brokers section's keys: the broker's name comes first.
+        ("cluster_relay", "ours"),
+        ("rabbitmq40_pika_pipelined", "pika"),
+        ("cluster_dramatiq_50ms", "dramatiq"),
+        ("rabbitmq40_ideal_50ms", "ideal"),
     ],
 )
-def test_system_of_a_figure_is_its_first_word(key: str, system: str) -> None:
+def test_system_of_a_figure_is_its_first_system_word(key: str, system: str) -> None:
     assert system_of(key) == system
 
 

@@ -60,3 +60,22 @@ def test_the_issue_thresholds() -> None:
     assert by_description["worker ≥ 0.95x ideal, 8 at once, 50ms sink"].versus == "ideal_50ms"
     memory = by_description["worker RSS flat over 100,000 events (end ≤ 1.10x warm-up)"]
     assert memory.comparison == "at_most"
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq40", "cluster"])
+def test_each_other_broker_has_the_relay_and_ideal_targets_on_its_own_figures(
+    broker: str,
+) -> None:
+    by_description = {t.description: t for t in targets(DEFAULT)}
+    relay = by_description[f"{broker}: relay ≥ 0.8x plain pipelined pika"]
+    assert (relay.section, relay.figure, relay.versus) == (
+        "brokers",
+        f"{broker}_relay",
+        f"{broker}_pika_pipelined",
+    )
+    worker = by_description[f"{broker}: worker ≥ 0.95x ideal, 8 at once, 50ms sink"]
+    assert (worker.figure, worker.versus, worker.threshold) == (
+        f"{broker}_worker_50ms",
+        f"{broker}_ideal_50ms",
+        0.95,
+    )
