@@ -1,11 +1,11 @@
 """Publishing outbox events to RabbitMQ with pipelined publisher confirms.
 
 pika's BlockingChannel waits for each confirm in `basic_publish`; this adapter drives a
-`SelectConnection` instead: `start` writes a whole batch (`mandatory=True`), and `finish` runs the
-I/O loop until the broker has confirmed every delivery tag of that batch, so a caller may start
-the next batch first. A `basic.return` arrives before its ack, so returns are remembered by
-`message_id` and that ack counts as a failure. When the connection fails, every batch still
-waiting fails with it.
+`SelectConnection` instead: `start` writes a whole batch (`mandatory=True`, in one buffer: see
+producer_service/publish_frames.py), and `finish` runs the I/O loop until the broker has
+confirmed every delivery tag of that batch, so a caller may start the next batch first. A
+`basic.return` arrives before its ack, so returns are remembered by `message_id` and that ack
+counts as a failure. When the connection fails, every batch still waiting fails with it.
 
 With tracing on, each publish is a PRODUCER span, a child of the registration's span (the
 traceparent stored with the outbox row), from the write to the broker's confirm; its context
@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from producer_service.ports import OutboxMessage, PublishInFlight, PublishOutcome
+from producer_service.publish_frames import BatchWriter, Publish, batch_writer
 from shared.amqp import (
     BrokerUnavailable,
     connection_failed,
@@ -86,6 +87,7 @@ class ConfirmingPublisher:
         self._masked_url = mask_url(settings.amqp_url)
         self._connection: Any = None
         self._channel: Any = None
+        self._write_batch: BatchWriter | None = None
         self._ready = False
         self._failure: str | None = None
         self._open_error: BaseException | str | None = None
@@ -126,23 +128,30 @@ class ConfirmingPublisher:
             batch.connection_lost = True
             return batch
         tracing = is_enabled()  # once per batch, not per event
+        publishes: list[Publish] = []
+        for message in messages:
+            self._next_tag += 1
+            span = _publish_span(message) if tracing else None
+            self._unconfirmed[self._next_tag] = (batch, message.event_id, span)
+            batch.due += 1
+            properties = _properties(message, _traceparent(message, span))
+            publishes.append((message.routing_key, message.body, properties))
         try:
-            for message in messages:
-                self._next_tag += 1
-                span = _publish_span(message) if tracing else None
-                self._unconfirmed[self._next_tag] = (batch, message.event_id, span)
-                batch.due += 1
-                self._channel.basic_publish(
-                    EXCHANGE,
-                    message.routing_key,
-                    message.body,
-                    properties=_properties(message, _traceparent(message, span)),
-                    mandatory=True,
-                )
+            self._write(publishes)
         except pika.exceptions.AMQPError as error:
             self._failure = f"publishing failed: {error!r}"
             self._give_up()
         return batch
+
+    def _write(self, publishes: Sequence[Publish]) -> None:
+        """Hand the batch to pika: in one buffer where this pika allows it (publish_frames)."""
+        if self._write_batch is not None:
+            self._write_batch(publishes)
+            return
+        for routing_key, body, properties in publishes:
+            self._channel.basic_publish(
+                EXCHANGE, routing_key, body, properties=properties, mandatory=True
+            )
 
     def finish(self, in_flight: PublishInFlight) -> PublishOutcome:
         batch = in_flight
@@ -206,6 +215,7 @@ class ConfirmingPublisher:
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
+        self._write_batch = batch_writer(channel, EXCHANGE)
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -9,6 +11,7 @@ from datetime import UTC, datetime
 import pika
 import pytest
 
+from producer_service import publisher as publisher_module
 from producer_service.ports import OutboxMessage
 from producer_service.publisher import ConfirmingPublisher
 from shared.amqp import BrokerUnavailable
@@ -90,6 +93,39 @@ def test_two_batches_on_the_wire_are_each_settled_by_their_own_confirms(
     assert not second_outcome.connection_lost
     routed = [message.event_id for message in [*first, *second] if message is not unroutable]
     assert message_ids(drain_queue(amqp_url)) == routed
+
+
+def test_a_body_over_the_frame_size_arrives_whole_between_small_ones(
+    amqp_url: str, publisher: ConfirmingPublisher
+) -> None:
+    # RabbitMQ's frame_max is 128 KiB: this body goes out as three body frames.
+    big = dataclasses.replace(
+        _message(), body=json.dumps({"pad": "x" * 300_000}).encode()
+    )
+    messages = [_message(), big, _message("nobody.listens"), _message()]
+
+    outcome = publisher.publish(messages)
+
+    assert outcome.published == {messages[i].event_id for i in (0, 1, 3)}
+    received = drain_queue(amqp_url)
+    assert message_ids(received) == [messages[i].event_id for i in (0, 1, 3)]
+    assert [r.body for r in received] == [json.loads(messages[i].body) for i in (0, 1, 3)]
+
+
+def test_on_a_pika_without_batch_writes_each_event_is_published_on_its_own(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "batch_writer", lambda _channel, _exchange: None)
+    publisher = ConfirmingPublisher.connect(_settings(amqp_url), confirm_timeout_s=30)
+    try:
+        routed, unroutable = _message(), _message("nobody.listens")
+        outcome = publisher.publish([routed, unroutable, *(more := [_message(), _message()])])
+    finally:
+        publisher.close()
+
+    assert outcome.published == {routed.event_id, *(m.event_id for m in more)}
+    assert "312 NO_ROUTE" in outcome.failed[unroutable.event_id]
+    assert message_ids(drain_queue(amqp_url)) == [routed.event_id, *(m.event_id for m in more)]
 
 
 def test_properties_follow_the_contract(amqp_url: str, publisher: ConfirmingPublisher) -> None:
