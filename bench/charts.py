@@ -56,13 +56,27 @@ def system_of(figure_key: str) -> str:
     return words[0]
 
 
-def throughput_bars(section: Section) -> list[Bar]:
-    """The section's rate figures (a unit per second) that have a value, in the run's order."""
+def throughput_bars(section: Section, unit: str | None = None) -> list[Bar]:
+    """The section's rate figures (a unit per second, or only `unit`) that have a value, in
+    the run's order."""
     return [
         Bar(figure.label, figure.value, system_of(figure.key))
         for figure in section.figures
-        if figure.unit.endswith("/s") and figure.value is not None
+        if figure.unit.endswith("/s") and figure.value is not None and unit in (None, figure.unit)
     ]
+
+
+def throughput_panels(section: Section) -> dict[str, list[Bar]]:
+    """One panel of bars per rate unit of the section, titled with the section's name (and
+    the unit, where it has two: the brokers section's events/s would dwarf its emails/s)."""
+    units = list(dict.fromkeys(f.unit for f in section.figures if f.unit.endswith("/s")))
+    panels = {
+        section.name if len(units) == 1 else f"{section.name}, {unit}": throughput_bars(
+            section, unit
+        )
+        for unit in units
+    }
+    return {title: bars for title, bars in panels.items() if bars}
 
 
 def cdf_points(values: list[float]) -> tuple[list[float], list[float]]:
@@ -86,9 +100,8 @@ def write_charts(sections: dict[str, Section], directory: Path, title: str) -> l
     with_rates: dict[str, list[Bar]] = {}
     for name in THROUGHPUT_SECTIONS:
         section = sections.get(name)
-        bars = throughput_bars(section) if section and not section.error else []
-        if bars:
-            with_rates[name] = bars
+        if section is not None and not section.error:
+            with_rates.update(throughput_panels(section))
     if with_rates:
         written.append(_draw_throughput(with_rates, directory / THROUGHPUT_FILE, title))
     latency = sections.get("latency")

@@ -99,9 +99,7 @@ def test_a_body_over_the_frame_size_arrives_whole_between_small_ones(
     amqp_url: str, publisher: ConfirmingPublisher
 ) -> None:
     # RabbitMQ's frame_max is 128 KiB: this body goes out as three body frames.
-    big = dataclasses.replace(
-        _message(), body=json.dumps({"pad": "x" * 300_000}).encode()
-    )
+    big = dataclasses.replace(_message(), body=json.dumps({"pad": "x" * 300_000}).encode())
     messages = [_message(), big, _message("nobody.listens"), _message()]
 
     outcome = publisher.publish(messages)

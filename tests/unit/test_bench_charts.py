@@ -14,6 +14,7 @@ from bench.charts import (
     system_of,
     tail_points,
     throughput_bars,
+    throughput_panels,
     write_charts,
 )
 from bench.results import Figure, Section
@@ -62,6 +63,23 @@ def test_throughput_bars_are_the_rates_with_a_value_in_order() -> None:
         Bar("ours, instant", 500.0, "ours"),
         Bar("ideal", 160.0, "ideal"),
     ]
+
+
+def test_a_section_with_two_rate_units_gets_a_panel_for_each() -> None:
+    section = Section("brokers")
+    section.add_all(
+        [
+            Figure("cluster_pika_pipelined", "pika", 9000.0, "events/s"),
+            Figure("cluster_relay", "relay", 8000.0, "events/s"),
+            Figure("cluster_worker_50ms", "worker", 150.0, "emails/s"),
+            Figure("rabbitmq40_worker_50ms", "not measured", None, "emails/s"),
+        ]
+    )
+    assert throughput_panels(section) == {
+        "brokers, events/s": [Bar("pika", 9000.0, "pika"), Bar("relay", 8000.0, "ours")],
+        "brokers, emails/s": [Bar("worker", 150.0, "ours")],
+    }
+    assert list(throughput_panels(_deliver())) == ["deliver"]
 
 
 def test_cdf_points_step_up_to_one() -> None:
