@@ -223,7 +223,12 @@ def test_targets_and_machine_are_recorded(smoke_results: dict[str, object]) -> N
     assert isinstance(targets, list)
     # The scale section's eight per database, the brokers section's two per broker.
     assert len(targets) == 15 + 2 * 8 + 2 * 2
-    assert all(target["measured"] is not None for target in targets)
+    # A broker the run could not start (RabbitMQ 4.0 without its root) leaves its targets
+    # unjudged; every other target is measured.
+    unmeasured = _brokers_not_measured(smoke_results)
+    for target in targets:
+        unjudged = target["figure"].split("_", 1)[0] in unmeasured
+        assert (target["measured"] is None) == unjudged, target["description"]
     meta = smoke_results["meta"]
     assert isinstance(meta, dict)
     assert meta["cpus"]
